@@ -1,0 +1,182 @@
+"""The one model-call path every solver goes through.
+
+A solver asks :class:`ModelPath` for the denoiser's output (:meth:`ModelPath.denoise`, which counts
+NFE and records the σ of each evaluation), combines it into the estimate it feeds forward, and passes
+that estimate through :meth:`ModelPath.correct` exactly once per evaluation. ``correct`` is the single
+hook through which every learned correction enters — D-ODE's λ, its appendix formulations, the one-λ
+baselines, IIA and S4S — so a learned solver is a base solver plus a few numbers, never a copy.
+
+A correction is linear in its parameters (D-ODE, paper Eq. 8–10): at evaluation k, with ``q_k`` the
+solver's estimate in the correction space (ε for noise-prediction models, x0 for data-prediction
+ones) and ``q_{k−1}, q_{k−2}, …`` the previous estimates,
+
+    q̃_k = q_k + Σ_m θ_{k,m} · g_{k,m}
+
+where the features ``g`` depend on the form: ``dode`` g = [q_k − q_{k−1}] (Eq. 10, θ = λ);
+``dode2`` [q_k − q_{k−1}, q_k − q_{k−2}] (Eq. 9); ``sep`` [q_k, q_{k−1}] (θ = (a−1, b), truncated
+Eq. 8); ``all`` [q_k, q_{k−1}, …, q_0] (Eq. 8); ``lookahead`` as ``dode`` but always on x0 (LA-DDIM).
+First-step rule: in ε space the output before the first evaluation is ``x_T`` in VP scale,
+``x_T / sqrt(1 + σ_T²)``; in x0 space there is none, so λ_0 = 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .denoisers import as_sigma, native_prediction
+from .errors import InvalidChoice
+
+
+def _prev(h: list, j: int):
+    return h[-j] if len(h) >= j else None
+
+
+# form -> (history kept, features(q, history) -> list of columns, None where the history is too short)
+FORMS: dict[str, tuple[float, Callable[[Tensor, list], list]]] = {
+    "dode": (1, lambda q, h: [None if not h else q - h[-1]]),
+    "lookahead": (1, lambda q, h: [None if not h else q - h[-1]]),
+    "dode2": (2, lambda q, h: [None if _prev(h, j) is None else q - h[-j] for j in (1, 2)]),
+    "sep": (1, lambda q, h: [q, _prev(h, 1)]),
+    "all": (math.inf, lambda q, h: [q, *reversed(h)]),
+}
+
+
+def check_form(form: str) -> str:
+    if form not in FORMS:
+        raise InvalidChoice(f"unknown correction form {form!r}; valid forms: {', '.join(FORMS)}")
+    return form
+
+
+@dataclass
+class Correction:
+    """Per-evaluation parameters θ_k of a linear correction (see module docstring), with provenance.
+
+    ``theta[k]`` holds the parameters of model evaluation k (floats, or tensors when optimised by
+    autograd); missing or zero entries leave the estimate untouched, bit for bit.
+    """
+
+    form: str = "dode"
+    theta: list = field(default_factory=list)
+    space: str | None = None  # "eps" | "x0"; None: the denoiser's native prediction
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        check_form(self.form)
+        if self.form == "lookahead":
+            self.space = "x0"
+
+    @classmethod
+    def from_lambdas(cls, lambdas: Sequence[float] | Tensor, **provenance) -> "Correction":
+        """D-ODE (Eq. 10): one λ per model evaluation."""
+        lam = torch.as_tensor(lambdas, dtype=torch.float64).flatten().tolist()
+        return cls("dode", [[v] for v in lam], provenance=dict(provenance))
+
+    @classmethod
+    def fixed(cls, form: str, lam: float, nfe: int, **provenance) -> "Correction":
+        """One λ shared by every evaluation: Fixed-D-DDIM (``dode``) or LA-DDIM (``lookahead``)."""
+        if form not in ("dode", "lookahead"):
+            raise InvalidChoice(f"a fixed λ applies to the forms 'dode' and 'lookahead', not {form!r}")
+        return cls(form, [[float(lam)] for _ in range(nfe)], provenance={"fixed_lambda": float(lam), **provenance})
+
+    @property
+    def lambdas(self) -> Tensor:
+        """λ_k of a one-parameter form (``dode``/``lookahead``) as a float64 tensor."""
+        if self.form not in ("dode", "lookahead"):
+            raise ValueError(f"form {self.form!r} has several parameters per evaluation; use .theta")
+        return torch.tensor([float(t[0]) if len(t) else 0.0 for t in self.theta], dtype=torch.float64)
+
+    def theta_at(self, k: int):
+        return self.theta[k] if k < len(self.theta) else ()
+
+    def to_dict(self) -> dict:
+        theta = [[float(v) for v in t] for t in self.theta]
+        return {"form": self.form, "space": self.space, "theta": theta, "provenance": self.provenance}
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Correction":
+        d = json.loads(Path(path).read_text())
+        return cls(d["form"], [list(t) for t in d["theta"]], d.get("space"), d.get("provenance", {}))
+
+
+def _is_zero(v) -> bool:
+    return not isinstance(v, Tensor) and float(v) == 0.0
+
+
+class ModelPath:
+    """Calls the denoiser for a solver: counts NFE, records σ, applies the correction hook.
+
+    ``record=True`` keeps ``(σ, x, D)`` of every evaluation in ``calls`` (trajectory figures).
+    """
+
+    def __init__(self, denoiser, correction: Correction | None = None, record: bool = False):
+        self.denoiser = denoiser
+        self.correction = correction
+        self.space = (correction.space or native_prediction(denoiser)) if correction else None
+        self.nfe = 0
+        self.sigmas: list[float] = []
+        self.calls: list | None = [] if record else None
+        self.history: list[Tensor] = []
+        self.columns: dict[int, list[bool]] = {}  # evaluation -> which features exist
+        self._corrected = -1
+
+    def _evaluate(self, x: Tensor, sigma: float) -> Tensor:
+        return self.denoiser(x, as_sigma(sigma, x))
+
+    def denoise(self, x: Tensor, sigma: float) -> Tensor:
+        """One network evaluation D(x, σ) (one NFE)."""
+        d = self._evaluate(x, sigma)
+        self.nfe += 1
+        self.sigmas.append(float(sigma))
+        if self.calls is not None:
+            self.calls.append((float(sigma), x, d))
+        return d
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        """Evaluate and correct: for solvers that feed the raw output forward."""
+        return self.correct(x, sigma, self.denoise(x, sigma))
+
+    def correct(self, x: Tensor, sigma: float, d_hat: Tensor, remember: bool = True) -> Tensor:
+        """The hook: the solver's estimate ``d_hat`` (x0 form) at evaluation k → corrected estimate.
+
+        ``remember=False`` keeps this estimate out of the history, so the next evaluation's
+        "previous output" stays the one before (Heun's corrector: the next Euler stage pairs with
+        the previous step's Euler-stage output, not with an output at its own σ)."""
+        k = self.nfe - 1
+        if k == self._corrected or k < 0:
+            raise RuntimeError("a solver must call correct() exactly once after each denoise()")
+        self._corrected = k
+        if self.correction is None:
+            return d_hat
+        keep, features = FORMS[self.correction.form]
+        eps_space = self.space == "eps"
+        q = (x - d_hat) / sigma if eps_space else d_hat
+        if eps_space and k == 0:
+            self.history = [x / math.sqrt(1 + float(sigma) ** 2)]
+        cols = features(q, self.history)
+        self.columns[k] = [g is not None for g in cols]
+        delta = None
+        for th, g in zip(self.correction.theta_at(k), cols):
+            if g is None or _is_zero(th):
+                continue
+            delta = th * g if delta is None else delta + th * g
+        if remember:
+            self.history = (self.history + [q])[-keep:] if keep != math.inf else self.history + [q]
+        if delta is None:
+            return d_hat
+        return d_hat - sigma * delta if eps_space else d_hat + delta
