@@ -232,7 +232,7 @@ SOLVERS["dpmpp3m"] = Solver("dpmpp3m", dpmpp_multistep(3), one_per_step, "ddim",
 
 
 @lru_cache(maxsize=64)
-def _deis_table(sigmas: tuple, schedule, order: int, nodes: int = 8) -> tuple:
+def deis_coefficients(sigmas: tuple, schedule, order: int, nodes: int = 8) -> tuple:
     """C_ij = ∫_{σ_i}^{σ_{i+1}} L_j(t(σ)) dσ, j = 0 … min(i, order), with L_j the Lagrange basis in the
     schedule's time on t_i, t_{i−1}, …: the tAB coefficients of DEIS (Zhang & Chen 2022) in VE form,
     where the exponential-integrator kernel is dσ. Composite Gauss–Legendre in float64, one panel
@@ -269,7 +269,7 @@ def deis(order: int) -> SolverFn:
     def solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
         """DEIS tAB-r (Zhang & Chen 2022): x_{i+1} = x_i + Σ_j C_ij ε_{i−j} on the last r+1 outputs
         (fewer while the history is short); coefficients computed once per grid."""
-        table = _deis_table(tuple(sigmas.tolist()), schedule_of(path.denoiser), order)
+        table = deis_coefficients(tuple(sigmas.tolist()), schedule_of(path.denoiser), order)
         eps: list[Tensor] = []
         for (s, t), coeffs in zip(_pairs(sigmas), table):
             eps = (eps + [_eps(x, path.denoise(x, s), s)])[-(order + 1):]
