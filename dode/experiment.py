@@ -241,6 +241,25 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
 
 
+def remove_stale_tmp(folder: Path) -> int:
+    """Delete temporary files (``.<name>.<host>.<pid>.tmp``) left by dead processes of this host."""
+    host, removed = socket.gethostname(), 0
+    for tmp in folder.rglob(".*.tmp"):
+        head, pid, _ = tmp.name.rsplit(".", 2)
+        if not pid.isdigit() or not head.endswith(f".{host}"):
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +396,7 @@ def load_denoiser(point: dict, device: str):
 
         from .checkpoints import load_checkpoint
 
-        den = load_checkpoint(OmegaConf.create(ck))
+        den = load_checkpoint(OmegaConf.create(ck), device=device)
     if isinstance(den, torch.nn.Module):
         den = den.to(device).eval().requires_grad_(False)
     return den
@@ -417,6 +436,31 @@ def check_eval(point: dict) -> None:
     name = metrics.check_metric(metric_name(point))
     if name != "fd_digits":  # FD-digits computes its reference from the embedded set
         metrics.reference_stats(name, **_metric_kwargs(point, "cpu"))
+
+
+def check_files(point: dict) -> None:
+    """Before any process starts: the checkpoint file(s) and the metric's reference statistics exist.
+    Every missing piece is reported at once, each saying where to get it and where to put it."""
+    problems = []
+    ck = point["checkpoint"]
+    if "_target_" not in ck:
+        from .checkpoints import resolve_file
+
+        parts = [(ck, "checkpoint")]
+        if isinstance(ck.get("classifier"), dict):
+            parts.append((ck["classifier"], "checkpoint.classifier"))
+        for cfg, key in parts:
+            if cfg.get("file") or cfg.get("path"):
+                try:
+                    resolve_file(cfg, key)
+                except UserError as e:
+                    problems.append(str(e))
+    try:
+        check_eval(point)
+    except UserError as e:
+        problems.append(str(e))
+    if problems:
+        raise UserError("\n\n".join(problems))
 
 
 def compute_metric(images: np.ndarray, point: dict, device: str, progress: bool) -> dict:
@@ -697,7 +741,11 @@ def execute(ctx, job: dict) -> list[dict]:
     """Run every point of ``job`` in this process (rank ``ctx.rank`` of ``ctx.world``)."""
     if ctx.main and not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        return _execute(ctx, job)
+
+
+def _execute(ctx, job: dict) -> list[dict]:
     rows: list[dict] = []
     models: dict[str, Any] = {}
 
@@ -729,6 +777,8 @@ def run_point(point: dict, denoiser, ctx) -> list[dict]:
             if read_json(folder / "run.json") != json.loads(json.dumps(info, default=str)):
                 write_json(folder / "run.json", info)
             rlog(f"start ({ctx.world} process{'es' if ctx.world > 1 else ''}, device {ctx.device})", console=False)
+            if remove_stale_tmp(folder):
+                rlog("removed temporary files of an interrupted run", console=False)
         shape = image_shape(point, denoiser)
         correction = fit_stage(point, folder, denoiser, ctx, rlog, shape)
         for seed in point["seeds"]:
@@ -769,7 +819,7 @@ def build_points(cfg, choices: dict, none_distill: dict | None = None) -> list[d
             p = {**base, "nfe": nfe, "distill": d, "choices": {**base["choices"], "distill": name}}
             check_point(p)
             points.append(p)
-    check_eval(points[0])
+    check_files(points[0])
     return points
 
 
