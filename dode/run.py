@@ -1,8 +1,9 @@
 """``dode-run``: the Hydra experiment runner (fit → generate → metric → runs.csv). See docs/runner.md.
 
-The config tree is the repository's ``conf/`` (one tree for everyone). It is found, in order, at
-``$DODE_CONF``, next to the package (a source checkout or ``pip install -e .``), or at ``dode/conf``
-inside an installed package (a wheel built from a checkout, where ``dode/conf`` links to ``conf/``).
+The config tree is the repository's ``conf/`` (one tree for everyone). ``dode/conf`` is a symbolic
+link to it, so a source checkout, ``pip install -e .`` and a wheel (setuptools copies the linked
+files as package data) all see the same files. It is found, in order, at ``$DODE_CONF``, at
+``dode/conf``, or at ``conf/`` next to the package.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def config_dir() -> Path:
     """The directory of ``config.yaml`` (see the module docstring)."""
     env = os.environ.get("DODE_CONF")
     here = Path(__file__).resolve().parent
-    candidates = [Path(env)] if env else [here.parent / "conf", here / "conf"]
+    candidates = [Path(env)] if env else [here / "conf", here.parent / "conf"]
     for c in candidates:
         if (c / "config.yaml").is_file():
             return c.resolve()
