@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -32,6 +32,9 @@ from .solvers import Solver, get_solver
 __all__ = ["Correction", "fit_correction", "fit_lambdas", "teacher_states", "student_points"]
 
 
+StepTarget = Callable[[int, Tensor, float, float], Tensor]
+
+
 class _Stop(Exception):
     def __init__(self, x: Tensor, sigma: float):
         self.x, self.sigma = x, sigma
@@ -42,12 +45,13 @@ class _ReplayPath(ModelPath):
 
     def __init__(self, denoiser, correction: Correction, cache: list, stop_at: int):
         super().__init__(denoiser, correction)
-        self.cache, self.stop_at = cache, stop_at
+        self.cache, self.stop_at, self.inputs = cache, stop_at, []
 
     def _evaluate(self, x: Tensor, sigma: float) -> Tensor:
         k = self.nfe
         if k == self.stop_at:
             raise _Stop(x, sigma)
+        self.inputs.append(x)
         if k == len(self.cache):
             self.cache.append(super()._evaluate(x, sigma))
         return self.cache[k]
@@ -118,12 +122,15 @@ def _least_squares(cols: list[Tensor], residual: Tensor) -> list[float]:
 
 def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10, scale: int = 10,
                    form: str = "dode", grid: Grid = None, teacher: str | None = None,
-                   targets: Sequence[Tensor] | None = None, progress: bool = False,
+                   targets: Sequence[Tensor] | StepTarget | None = None, progress: bool = False,
                    **provenance) -> Correction:
     """Fit a correction of ``form`` for ``solver`` at ``nfe`` on one batch of standard-normal ``noise``.
 
-    ``teacher`` overrides the solver's default teacher; ``targets`` (the wanted state after each
-    evaluation) replaces the teacher entirely (e.g. planted targets). Extra keyword arguments (seed range, …) go into the provenance.
+    ``teacher`` overrides the solver's default teacher. ``targets`` replaces the teacher: either the
+    wanted state after each evaluation (e.g. planted targets), or a function
+    ``targets(k, x_start, sigma_start, sigma_next)`` of the student's own state at the start of the
+    step that evaluation k belongs to (the last model input at a σ above ``sigma_next``) — IIA's
+    fine-step targets. Extra keyword arguments (seed range, …) go into the provenance.
     """
     check_form(form)
     start = time.perf_counter()
@@ -157,7 +164,12 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
             used.append(m)
         theta = [0.0] * len(present)
         if cols:
-            for m, v in zip(used, _least_squares(cols, targets[k] - a)):
+            if callable(targets):
+                j = max(i for i in range(k + 1) if path.sigmas[i] > sigma_next)
+                target = targets(k, path.inputs[j], path.sigmas[j], sigma_next)
+            else:
+                target = targets[k]
+            for m, v in zip(used, _least_squares(cols, target - a)):
                 theta[m] = v
         correction.theta[k] = theta
     correction.space = correction.space or ModelPath(denoiser, correction).space

@@ -12,7 +12,8 @@ ones) and ``q_{k−1}, q_{k−2}, …`` the previous estimates,
 
     q̃_k = q_k + Σ_m θ_{k,m} · g_{k,m}
 
-where the features ``g`` depend on the form: ``dode`` g = [q_k − q_{k−1}] (Eq. 10, θ = λ);
+(applied to the x0 estimate as d̃ = d + Σ θ g, an ε feature g entering as −σ·g), where the features
+``g`` depend on the form: ``dode`` g = [q_k − q_{k−1}] (Eq. 10, θ = λ);
 ``dode2`` [q_k − q_{k−1}, q_k − q_{k−2}] (Eq. 9); ``sep`` [q_k, q_{k−1}] (θ = (a−1, b), truncated
 Eq. 8); ``all`` [q_k, q_{k−1}, …, q_0] (Eq. 8); ``lookahead`` as ``dode`` but always on x0 (LA-DDIM).
 First-step rule: in ε space the output before the first evaluation is ``x_T`` in VP scale,
@@ -34,18 +35,49 @@ from .denoisers import as_sigma, native_prediction
 from .errors import InvalidChoice
 
 
-def _prev(h: list, j: int):
+@dataclass(frozen=True)
+class Estimate:
+    """A solver's estimate at one evaluation: state ``x``, noise level ``sigma``, x0 form ``d``."""
+
+    x: Tensor
+    sigma: float
+    d: Tensor
+
+    def q(self, space: str) -> Tensor:
+        """The estimate in ``space``: ε = (x − d)/σ or x0 = d."""
+        return (self.x - self.d) / self.sigma if space == "eps" else self.d
+
+
+def _delta(cur: Estimate, prev: Estimate | None, space: str) -> Tensor | None:
+    """q_k − q_prev as a change of the x0 estimate (an ε change δ moves x0 by −σ·δ)."""
+    if prev is None:
+        return None
+    g = cur.q(space) - prev.q(space)
+    return -cur.sigma * g if space == "eps" else g
+
+
+def _value(cur: Estimate, e: Estimate | None, space: str) -> Tensor | None:
+    """q of estimate ``e`` as a change of the current x0 estimate."""
+    if e is None:
+        return None
+    return -cur.sigma * e.q(space) if space == "eps" else e.q(space)
+
+
+def _prev(h: list, j: int) -> Estimate | None:
     return h[-j] if len(h) >= j else None
 
 
-# form -> (history kept, features(q, history) -> list of columns, None where the history is too short)
-FORMS: dict[str, tuple[float, Callable[[Tensor, list], list]]] = {
-    "dode": (1, lambda q, h: [None if not h else q - h[-1]]),
-    "lookahead": (1, lambda q, h: [None if not h else q - h[-1]]),
-    "dode2": (2, lambda q, h: [None if _prev(h, j) is None else q - h[-j] for j in (1, 2)]),
-    "sep": (1, lambda q, h: [q, _prev(h, 1)]),
-    "all": (math.inf, lambda q, h: [q, *reversed(h)]),
+Features = Callable[[Estimate, list, str], list]
+# form -> (history kept, features(current, history, space) -> columns as x0 changes, None where the
+# history is too short). The corrected x0 estimate is d̃ = d + Σ_m θ_m · column_m.
+FORMS: dict[str, tuple[float, Features]] = {
+    "dode": (1, lambda c, h, sp: [_delta(c, _prev(h, 1), sp)]),
+    "lookahead": (1, lambda c, h, sp: [_delta(c, _prev(h, 1), "x0")]),
+    "dode2": (2, lambda c, h, sp: [_delta(c, _prev(h, 1), sp), _delta(c, _prev(h, 2), sp)]),
+    "sep": (1, lambda c, h, sp: [_value(c, c, sp), _value(c, _prev(h, 1), sp)]),
+    "all": (math.inf, lambda c, h, sp: [_value(c, e, sp) for e in [c, *reversed(h)]]),
 }
+SPACE_OF_FORM: dict[str, str] = {"lookahead": "x0"}  # forms whose space does not follow the model
 
 
 def check_form(form: str) -> str:
@@ -69,8 +101,7 @@ class Correction:
 
     def __post_init__(self):
         check_form(self.form)
-        if self.form == "lookahead":
-            self.space = "x0"
+        self.space = SPACE_OF_FORM.get(self.form, self.space)
 
     @classmethod
     def from_lambdas(cls, lambdas: Sequence[float] | Tensor, **provenance) -> "Correction":
@@ -131,7 +162,7 @@ class ModelPath:
         self.nfe = 0
         self.sigmas: list[float] = []
         self.calls: list | None = [] if record else None
-        self.history: list[Tensor] = []
+        self.history: list[Estimate] = []
         self.columns: dict[int, list[bool]] = {}  # evaluation -> which features exist
         self._corrected = -1
 
@@ -164,11 +195,11 @@ class ModelPath:
         if self.correction is None:
             return d_hat
         keep, features = FORMS[self.correction.form]
-        eps_space = self.space == "eps"
-        q = (x - d_hat) / sigma if eps_space else d_hat
-        if eps_space and k == 0:
-            self.history = [x / math.sqrt(1 + float(sigma) ** 2)]
-        cols = features(q, self.history)
+        cur = Estimate(x, float(sigma), d_hat)
+        if self.space == "eps" and k == 0:  # x_T in VP scale plays the output before the first
+            prior = x / math.sqrt(1 + float(sigma) ** 2)
+            self.history = [Estimate(x, float(sigma), x - float(sigma) * prior)]
+        cols = features(cur, self.history, self.space)
         self.columns[k] = [g is not None for g in cols]
         delta = None
         for th, g in zip(self.correction.theta_at(k), cols):
@@ -176,7 +207,5 @@ class ModelPath:
                 continue
             delta = th * g if delta is None else delta + th * g
         if remember:
-            self.history = (self.history + [q])[-keep:] if keep != math.inf else self.history + [q]
-        if delta is None:
-            return d_hat
-        return d_hat - sigma * delta if eps_space else d_hat + delta
+            self.history = (self.history + [cur])[-keep:] if keep != math.inf else self.history + [cur]
+        return d_hat if delta is None else d_hat + delta
