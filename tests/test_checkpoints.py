@@ -252,6 +252,11 @@ def test_adm_lsun_style_guided_architecture(tmp_path):
     with torch.no_grad():
         want = vp_reference(lambda xv, t: net(xv, t)[:, :3], x, sigma, sched)
         torch.testing.assert_close(den(x, sigma), want, rtol=0, atol=0)
+    half = load_checkpoint(cfg_from("adm-lsun-bedroom256", path=str(f), resolution=16, architecture=arch, fp16=True))
+    assert half.model.net.input_blocks[1][0].in_layers[2].weight.dtype == torch.float16
+    assert half.model.net.time_embed[0].weight.dtype == torch.float32  # as guided-diffusion: convolutions only
+    with torch.no_grad():
+        torch.testing.assert_close(half(x, sigma), want, rtol=0, atol=0.05)
 
 
 def test_adm_class_conditional_with_classifier_guidance(tmp_path):
