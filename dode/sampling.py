@@ -31,9 +31,17 @@ def as_correction(lambdas: Correction | Sequence[float] | Tensor | None) -> Corr
     return Correction.from_lambdas(lambdas)
 
 
+def _wants_grad(noise: Tensor, correction: Correction | None) -> bool:
+    """Autograd only when something asks for it (S4S optimises θ through the sampler)."""
+    params = [v for t in (correction.theta if correction else []) for v in t]
+    return noise.requires_grad or any(isinstance(v, Tensor) and v.requires_grad for v in params)
+
+
 def run_solver(path: ModelPath, spec: Solver, noise: Tensor, sigmas: Tensor, plan: list) -> Tensor:
-    """x_T = σ_0 · noise, then the solver; checks the NFE spent equals the plan's."""
-    x = spec.fn(path, noise * sigmas[0].item(), sigmas, plan)
+    """x_T = σ_0 · noise, then the solver; checks the NFE spent equals the plan's. Runs without
+    autograd unless the noise or the correction's parameters require gradients."""
+    with torch.set_grad_enabled(_wants_grad(noise, path.correction)):
+        x = spec.fn(path, noise * sigmas[0].item(), sigmas, plan)
     if path.nfe != sum(plan):
         raise RuntimeError(f"{spec.name} spent {path.nfe} NFE, its plan says {sum(plan)}")
     return x

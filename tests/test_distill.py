@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dode
+import dode.denoisers
 from dode.distill import student_points, teacher_states
 from dode.oracle import GaussianMixture
 from dode.path import FORMS, Correction
@@ -132,3 +133,14 @@ def test_saved_parameters_reload_and_reproduce_samples(tmp_path, models):
 def test_unknown_form_lists_the_valid_ones():
     with pytest.raises(ValueError, match="valid forms: dode, lookahead, dode2, sep, all"):
         Correction("dode3")
+
+
+def test_sampling_builds_no_graph_unless_parameters_ask_for_gradients():
+    net = torch.nn.Conv2d(1, 1, 3, padding=1).double()
+    model = dode.denoisers.EDMDenoiser(lambda x, sigma: net(x))
+    noise = _noise(2, 11)
+    assert not dode.sample(model, noise, "heun", 5).requires_grad
+    theta = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    out = dode.sample(model, noise, "heun", 5, Correction("dode", [[theta]] * 5))
+    out.square().sum().backward()
+    assert theta.grad is not None and theta.grad.abs() > 0
