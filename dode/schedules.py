@@ -84,9 +84,10 @@ class DiscreteVPSchedule:
 
     def log_alpha_bar(self, tau: Tensor) -> Tensor:
         tau = torch.as_tensor(tau, dtype=torch.float64).clamp(0, self.t_max)
+        la = self._log_abar.to(tau.device)  # tables live on the CPU; τ may be on a GPU
         i = torch.clamp(torch.floor(tau).long(), 0, self.T - 1)
         w = tau - i.to(torch.float64)
-        return self._log_abar[i] + w * (self._log_abar[i + 1] - self._log_abar[i])
+        return la[i] + w * (la[i + 1] - la[i])
 
     def sigma(self, tau: Tensor) -> Tensor:
         """σ(τ) = sqrt(1/ᾱ(τ) − 1), computed with expm1 for accuracy at small τ."""
@@ -96,7 +97,7 @@ class DiscreteVPSchedule:
         """Inverse of :meth:`sigma`: τ(σ); a training-step σ maps back to its integer exactly."""
         sigma = torch.as_tensor(sigma, dtype=torch.float64)
         target = -torch.log1p(sigma**2)  # log ᾱ, decreasing in τ
-        neg = -self._log_abar  # increasing
+        neg = -self._log_abar.to(sigma.device)  # increasing
         j = torch.searchsorted(neg, -target).clamp(1, self.T)
         lo, hi = neg[j - 1], neg[j]
         tau = (j - 1).to(torch.float64) + (-target - lo) / (hi - lo)
