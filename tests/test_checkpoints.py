@@ -3,6 +3,7 @@ official key names, loaded back through dode, and compared with the original mod
 No real weights are needed (none exist on the test machines)."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import pickle
 import re
@@ -315,9 +316,22 @@ def test_diffusers_folder_with_scheduler_config(tmp_path):
     with torch.no_grad():
         want = vp_reference(lambda xv, t: net(xv, t).sample, x, sigma, sched)
         torch.testing.assert_close(den(x, sigma), want, rtol=0, atol=0)
+    # the older .bin format, and no scheduler_config.json: the config's schedule is used
     (folder / "diffusion_pytorch_model.safetensors").unlink()
+    (folder / "scheduler_config.json").unlink()
+    net.save_pretrained(folder, safe_serialization=False)
+    assert (folder / "diffusion_pytorch_model.bin").is_file()
+    den = load_checkpoint(cfg_from("diffusers-ddpm-cifar10-32", path=str(folder), resolution=16))
+    assert den.schedule.T == 1000
+    sigma = sigma_at(den.schedule, [7, 900])
+    with torch.no_grad():
+        want = vp_reference(lambda xv, t: net(xv, t).sample, x[:2], sigma, den.schedule)
+        torch.testing.assert_close(den(x[:2], sigma), want, rtol=0, atol=0)
+    (folder / "diffusion_pytorch_model.bin").unlink()
     with pytest.raises(CheckpointError, match="no diffusion_pytorch_model"):
         load_checkpoint(cfg_from("diffusers-ddpm-cifar10-32", path=str(folder)))
+    with pytest.raises(CheckpointError, match="not a diffusers model folder"):
+        load_checkpoint(cfg_from("diffusers-ddpm-cifar10-32", path=str(tmp_path)))
 
 
 # ----------------------------------------------------------------------------------------------- EDM
@@ -486,6 +500,7 @@ def test_edm_persistent_pickle(tmp_path, name, label_dim):
         den.model_kwargs["class_labels"] = labels
     with torch.no_grad():
         torch.testing.assert_close(den(x, sigma), want, rtol=0, atol=0)
+        torch.testing.assert_close(copy.deepcopy(den)(x, sigma), want, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="num_classes"):  # the file is not what the config says
         load_checkpoint(cfg_from(name, path=str(f), resolution=8, num_classes=label_dim + 3))
 
