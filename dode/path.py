@@ -76,8 +76,16 @@ FORMS: dict[str, tuple[float, Features]] = {
     "dode2": (2, lambda c, h, sp: [_delta(c, _prev(h, 1), sp), _delta(c, _prev(h, 2), sp)]),
     "sep": (1, lambda c, h, sp: [_value(c, c, sp), _value(c, _prev(h, 1), sp)]),
     "all": (math.inf, lambda c, h, sp: [_value(c, e, sp) for e in [c, *reversed(h)]]),
+    # IIA (Zhang, Niwa & Kleijn, ICLR 2024; dode.learned): weights on Δx̂0 and Δε of the last two outputs
+    "iia": (1, lambda c, h, sp: [_delta(c, _prev(h, 1), "x0"), _delta(c, _prev(h, 1), "eps")]),
+    "biia": (1, lambda c, h, sp: [_delta(c, _prev(h, 1), "eps")]),  # BIIA: one weight, on Δε
+    # S4S (Frankel et al. 2025; dode.learned): free weights on the last w data predictions (s4s: w = 3)
+    "s4s": (2, lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1), _prev(h, 2))]),
+    "s4s2": (1, lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1))]),
+    "s4s4": (3, lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1), _prev(h, 2), _prev(h, 3))]),
 }
-SPACE_OF_FORM: dict[str, str] = {"lookahead": "x0"}  # forms whose space does not follow the model
+SPACE_OF_FORM: dict[str, str] = {"lookahead": "x0",  # forms whose space does not follow the model
+                                 "iia": "x0", "biia": "x0", "s4s": "x0", "s4s2": "x0", "s4s4": "x0"}
 
 
 def check_form(form: str) -> str:
