@@ -6,7 +6,7 @@ barriers: everything they exchange goes through the run folders (λ JSON, shards
 
 * ``launcher=local`` (default): ``world_size`` workers are spawned on this machine with
   :mod:`torch.multiprocessing` and rendezvous on ``127.0.0.1`` (NCCL when there is a GPU per worker,
-  gloo on CPU, one CPU thread budget ``cores // world_size`` each). When the process was itself
+  gloo on CPU, one CPU thread each unless ``launcher.threads_per_worker`` says otherwise). When the process was itself
   started by ``torchrun`` (``RANK``/``WORLD_SIZE`` in the environment) it joins that group instead.
 * ``launcher=slurm``: the processes are SLURM tasks (``srun`` or ``hydra/launcher=submitit_slurm``
   with ``tasks_per_node``); rank and world size come from ``SLURM_PROCID``/``SLURM_NTASKS`` and the
@@ -116,9 +116,11 @@ def _slurm_env() -> tuple[int, int, int, str, int]:
 
 def _worker(index: int, fn: Callable, payload: Any, world: int, port: int, device: str, backend: str | None,
             threads: int, timeout_min: float, errors) -> None:
-    torch.set_num_threads(threads)
     try:
         ctx = _init(index, world, index, device, backend, f"tcp://127.0.0.1:{port}", timeout_min)
+        n = _threads(threads, ctx.device, world)
+        if n:
+            torch.set_num_threads(n)
         try:
             fn(ctx, payload)
         finally:
@@ -145,16 +147,29 @@ def launch(fn: Callable[[Context, Any], Any], payload: Any, world_size: int = 1,
         return _spawn(fn, payload, world_size, device, backend, threads_per_worker, timeout_min)
     else:
         ctx = Context(device=pick_device(device, 0))
+    threads = _threads(threads_per_worker, ctx.device, 1)
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     try:
         return fn(ctx, payload)
     finally:
         ctx.close()
+        torch.set_num_threads(before)
+
+
+def _threads(requested: int | None, device: str, world: int) -> int | None:
+    """CPU threads of one process: as requested, else one per process on CPU (small networks run
+    fastest single-threaded, and threads of several processes would fight over the cores; use
+    ``world_size`` to use more cores), else torch's default (GPU)."""
+    if requested:
+        return int(requested)
+    return 1 if device == "cpu" else None
 
 
 def _spawn(fn, payload, world: int, device: str, backend, threads: int | None, timeout_min: float) -> None:
     import torch.multiprocessing as mp
 
-    threads = threads or max(1, (os.cpu_count() or 1) // world)
     errors = mp.get_context("spawn").SimpleQueue()
     procs = mp.start_processes(_worker, args=(fn, payload, world, free_port(), device, backend, threads,
                                               timeout_min, errors), nprocs=world, join=False,
