@@ -67,23 +67,37 @@ def pick_device(requested: str, local_rank: int) -> str:
     return requested
 
 
-def _backend(device: str, requested: str | None) -> str:
+def _backend(device: str, requested: str | None, world: int, local_world: int) -> str:
+    """NCCL when every process of a machine has a GPU of its own, else gloo (the processes only
+    meet at barriers, so gloo also serves GPU processes sharing one device)."""
     if requested and requested != "auto":
         return requested
-    return "nccl" if device.startswith("cuda") else "gloo"
+    if device.startswith("cuda") and local_world <= torch.cuda.device_count():
+        return "nccl"
+    return "gloo"
 
 
 def _init(rank: int, world: int, local_rank: int, device: str, backend: str | None, init_method: str,
-          timeout_min: float) -> Context:
+          timeout_min: float, local_world: int | None = None) -> Context:
     dev = pick_device(device, local_rank)
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev))
     ctx = Context(rank, world, local_rank, dev)
     if world > 1:
-        dist.init_process_group(_backend(dev, backend), init_method=init_method, rank=rank, world_size=world,
-                                timeout=datetime.timedelta(minutes=timeout_min))
+        dist.init_process_group(_backend(dev, backend, world, local_world or _local_world()), init_method=init_method,
+                                rank=rank, world_size=world, timeout=datetime.timedelta(minutes=timeout_min))
         ctx.distributed = True
     return ctx
+
+
+def _local_world() -> int:
+    """Processes on this machine when torchrun or SLURM started them (``4`` or SLURM's ``4(x2)``)."""
+    for key in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        try:
+            return int(os.environ[key].split("(")[0].split(",")[0])
+        except (KeyError, ValueError):
+            continue
+    return 1
 
 
 def free_port() -> int:
@@ -117,7 +131,7 @@ def _slurm_env() -> tuple[int, int, int, str, int]:
 def _worker(index: int, fn: Callable, payload: Any, world: int, port: int, device: str, backend: str | None,
             threads: int, timeout_min: float, errors) -> None:
     try:
-        ctx = _init(index, world, index, device, backend, f"tcp://127.0.0.1:{port}", timeout_min)
+        ctx = _init(index, world, index, device, backend, f"tcp://127.0.0.1:{port}", timeout_min, local_world=world)
         n = _threads(threads, ctx.device, world)
         if n:
             torch.set_num_threads(n)

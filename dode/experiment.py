@@ -84,6 +84,9 @@ DISTILL_KINDS: dict[str, DistillKind] = {
     "none": DistillKind(None, None, fits=False),
     "dode": DistillKind("dode.experiment:fit_dode"),
     "fixed": DistillKind("dode.experiment:fixed_correction", fits=False),
+    "iia": DistillKind("dode.learned:fit_iia_point"),
+    "s4s": DistillKind("dode.learned:fit_s4s_point"),
+    "s4s_alt": DistillKind("dode.learned:fit_s4s_alt_point"),
 }
 
 
@@ -563,7 +566,7 @@ def fit_stage(point: dict, folder: Path, denoiser, ctx, rlog: RunLog, shape: tup
                 f"{block}·10^7 + j, j < {len(noise)}", "device": ctx.device, "dtype": point.get("dtype"),
             }
             start = time.perf_counter()
-            with torch.no_grad():
+            with torch.enable_grad():  # gradient-based fits (S4S) need it; closed-form ones make no graph
                 corr = _import(kind.fit)(denoiser, noise.to(ctx.device), point, bool(point.get("progress")), provenance)
             seconds = time.perf_counter() - start
             if hasattr(corr, "provenance") and isinstance(corr.provenance, dict):
@@ -599,6 +602,7 @@ def generate_stage(point: dict, folder: Path, seed: int, denoiser, correction, c
                " (then its label for conditional models)"})
     entries = manifest.read()["shards"]
     mine = [sh for sh in shard_plan(n, size) if sh.index % ctx.world == ctx.rank]
+    grid = sampling_grid(point, correction)
     todo = []
     for sh in mine:
         status, _ = manifest.check(sh, seed, entries)
@@ -620,7 +624,7 @@ def generate_stage(point: dict, folder: Path, seed: int, denoiser, correction, c
                 set_labels(denoiser, point, seeds, ctx.device)
                 with torch.no_grad():
                     x = sample(denoiser, noise.to(ctx.device), solver=point["solver"]["name"], nfe=int(point["nfe"]),
-                               lambdas=correction, grid=point["solver"].get("grid"))
+                               lambdas=correction, grid=grid)
                 parts.append(to_uint8(x))
                 bar.update(len(idx))
             data = encode_shard(np.concatenate(parts), np.arange(sh.start, sh.stop), seed)
@@ -632,6 +636,13 @@ def generate_stage(point: dict, folder: Path, seed: int, denoiser, correction, c
         rlog(f"seed {seed}: generated {len(todo)} shard(s), {total} samples in {time.perf_counter() - start_all:.1f} s"
              + (f" on rank {ctx.rank} of {ctx.world}" if ctx.world > 1 else ""), console=False)
     ctx.barrier()
+
+
+def sampling_grid(point: dict, correction):
+    """The solver's configured grid, or the grid a correction learned (S4S-Alt)."""
+    from .learned import grid_of
+
+    return grid_of(correction, point["solver"].get("grid"))
 
 
 def _bar(total: int, desc: str, point: dict, ctx):
