@@ -1,0 +1,1 @@
+"""Networks shipped with dode (the embedded digits models)."""
