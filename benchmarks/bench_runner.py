@@ -101,7 +101,7 @@ def peak_memory(tmp: Path, n: int, stand_in: list[str]) -> None:
     args = [*stand_in, f"results_dir={tmp / 'mem'}", "progress=false", "nfe=10", "compare_base=false",
             "seeds=[0]", f"num_samples={n}"]
     wrapper = ("import resource, subprocess, sys, json; "
-               f"r = subprocess.run([sys.executable, '-m', 'dode.run', *json.loads(sys.argv[1])], capture_output=True); "
+               "r = subprocess.run([sys.executable, '-m', 'dode.run', *json.loads(sys.argv[1])], capture_output=True); "
                "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", wrapper, json.dumps(args)], env=_env(), cwd=ROOT,

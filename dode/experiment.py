@@ -36,7 +36,6 @@ import importlib
 import io
 import json
 import logging
-import math
 import os
 import socket
 import time
@@ -835,9 +834,8 @@ def build_points(cfg, choices: dict, none_distill: dict | None = None) -> list[d
 
 
 def summary(points: list[dict], table=None) -> str:
-    """A readable table of the points' rows in runs.csv: solver, NFE, base vs correction, fit time."""
-    import pandas as pd
-
+    """A readable table of the points' rows in runs.csv: solver, NFE, base vs correction (mean ± std
+    over the seeds), λ fit time."""
     if not points:
         return ""
     df = read_runs(points[0]["results_dir"]) if table is None else table
@@ -854,7 +852,7 @@ def summary(points: list[dict], table=None) -> str:
     metric = points[0]["choices"]["eval"]
     lines.append(f"{points[0]['choices']['dataset']} · {points[0]['choices']['checkpoint']} · {metric} "
                  f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {points[0]['num_samples']} samples, "
-                 f"mean ± std; lower is better)")
+                 f"mean ± std over seeds)")
     header = ["solver", "NFE"] + [f"{labels[d]} ({d})" if labels[d] != d else d for d in order]
     fitted = [d for d in order if df[df["distill"] == d]["fit_seconds"].notna().any()]
     header += ["λ fit [s]"] if fitted else []
@@ -871,8 +869,10 @@ def summary(points: list[dict], table=None) -> str:
     order_nfe = {(p["solver"]["name"], str(p["nfe"])): i for i, p in enumerate(points)}
     rows.sort(key=lambda r: order_nfe.get((r[0], r[1]), 0))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    fmt = lambda r: "  ".join(s.ljust(w) if i < 1 else s.rjust(w) for i, (s, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def fmt(cells: list[str]) -> str:  # first column left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     lines += [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     lines.append(f"runs.csv: {Path(points[0]['results_dir']) / RUNS_CSV}")
-    _ = pd  # pandas is the table's engine
     return "\n".join(lines)
