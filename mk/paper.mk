@@ -1,0 +1,156 @@
+# mk/paper.mk — the D-ODE paper's tables and figures (Kim, Tang & Yu, CVPR 2024), regenerated.
+#
+# Included by the Makefile (`include mk/paper.mk`), or on its own: `make -f mk/paper.mk paper`.
+# Each target first runs the sweeps it needs through `dode-run -m` (Hydra multirun; the runner skips
+# finished fits, shards and metrics, so rerunning a target only renders), then renders with
+# `python -m dode.report` into results/tables (Markdown + CSV) and results/figures (PNG + PDF).
+#
+#   make paper                                    # everything, on the embedded digits models (CPU)
+#   make table-formulations                       # one table
+#   make fig-fid-nfe DATASET=cifar10              # the paper's settings on a real checkpoint
+#   make fig-fid-nfe DATASET=cifar10 CHECKPOINT=ddpm-cifar10 EDM_CHECKPOINT=edm-cifar10-32x32-uncond-vp
+#
+# DATASET=digits (default) uses the embedded 8×8 digits models (digits-ddpm: noise prediction,
+# digits-edm: data prediction) and FD-digits, with SAMPLES=2000 samples per evaluation seed (the
+# paper: 50K) so that `make paper` finishes on 2 CPU cores; every other dataset keeps the paper's
+# settings: the dataset's num_samples (50K), three seeds, K = 10, B = 100 (LSUN: 25).
+# Variables (command line wins): DATASET, CHECKPOINT (noise-prediction model: Fig. 3, Tables 2–4),
+# EDM_CHECKPOINT (data-prediction model: Fig. 4, Table 1, Fig. 6), SAMPLES, SEEDS, RESULTS,
+# the NFE lists below, LAM_GRID, DODE_RUN, PYTHON.
+
+DATASET ?= digits
+PYTHON ?= python
+DODE_RUN ?= dode-run
+RESULTS ?= results
+SEEDS ?= 0 1 2
+
+# The paper's checkpoint for each dataset (conf/checkpoint/*.yaml); empty: that half is skipped.
+ifeq ($(DATASET),digits)
+CHECKPOINT ?= digits-ddpm
+EDM_CHECKPOINT ?= digits-edm
+else ifeq ($(DATASET),cifar10)
+CHECKPOINT ?= ddpm-cifar10
+EDM_CHECKPOINT ?= edm-cifar10-32x32-uncond-vp
+else ifeq ($(DATASET),celeba64)
+CHECKPOINT ?= ddpm-celeba64
+else ifeq ($(DATASET),imagenet64)
+CHECKPOINT ?= adm-imagenet64-uncond
+EDM_CHECKPOINT ?= edm-imagenet-64x64-cond-adm
+else ifeq ($(DATASET),imagenet128)
+CHECKPOINT ?= adm-imagenet128-cond
+else ifeq ($(DATASET),lsun_bedroom)
+CHECKPOINT ?= adm-lsun-bedroom256
+else ifeq ($(DATASET),ffhq64)
+EDM_CHECKPOINT ?= edm-ffhq-64x64-uncond-vp
+else ifeq ($(DATASET),afhqv2_64)
+EDM_CHECKPOINT ?= edm-afhqv2-64x64-uncond-vp
+endif
+CHECKPOINT ?=
+EDM_CHECKPOINT ?=
+
+ifeq ($(DATASET),digits)
+# digits: 2,000 samples per seed (FD-digits std over seeds ≈ 2–3 at NFE 10, against a DDIM → D-DDIM
+# gap of ≈ 25; raise SAMPLES=10000 for the dataset's default).
+SAMPLES ?= 2000
+NFES_NOISE ?= 2,3,4,5,6,8,10,15,25,50
+NFES_EULER ?= 2,3,4,5,6,8,10,15,25,50
+NFES_HEUN ?= 3,5,7,9,11,15,25,51
+LAM_GRID ?= 0.5,1.0,1.5,2.0,3.0,4.0
+else
+SAMPLES ?=
+# Noise-prediction models: K·N ≤ T = 1000 at K = 10 caps NFE at 100 (the runner refuses more).
+NFES_NOISE ?= 2,3,5,10,25,50,100
+NFES_EULER ?= 2,3,5,10,25,50,100,250
+NFES_HEUN ?= 3,5,11,25,51,101,251
+LAM_GRID ?= 0.05,0.1,0.2,0.3,0.5
+endif
+NFES_TABLE ?= 10,25,50
+# Fig. 6: NFE of the sample grids (Heun spends odd NFE)
+NFES_SAMPLES_EULER ?= 3,5,10
+NFES_SAMPLES_HEUN ?= 3,5,11
+NOISE_SOLVERS ?= ddim,ipndm,dpm3,deis3
+SCALES ?= 5,10,20
+SCALES_K30 ?= 30
+NFES_TABLE_K30 ?= 10,25
+BATCHES ?= 5,10,50,100
+
+comma := ,
+RUN = $(DODE_RUN) -m dataset=$(DATASET) results_dir=$(RESULTS) progress=false $(if $(SAMPLES),num_samples=$(SAMPLES))
+RUN_SEEDS = 'seeds=[$(subst $() ,$(comma),$(strip $(SEEDS)))]'
+REPORT = $(PYTHON) -m dode.report --results $(RESULTS) --dataset $(DATASET) \
+	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(EDM_CHECKPOINT),--edm-checkpoint $(EDM_CHECKPOINT))
+
+.PHONY: paper paper-runs fig-fid-nfe table-time table-formulations table-ablation-scale \
+	table-ablation-batch table-lookahead fig-cosine fig-trajectory fig-samples \
+	runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples
+
+# ---------------------------------------------------------------------------------------- sweeps
+# Fig. 3 (noise prediction: DDIM, iPNDM, DPM-Solver-3, DEIS-3) and Fig. 4 (data prediction: DDIM
+# = Euler, EDM = Heun), each with its D-ODE variant, over NFE.
+runs-fid-nfe:
+ifneq ($(CHECKPOINT),)
+	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=$(NOISE_SOLVERS) distill=dode 'nfe=[$(NFES_NOISE)]'
+endif
+ifneq ($(EDM_CHECKPOINT),)
+	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_EULER)]'
+	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_HEUN)]'
+endif
+
+# Table 1: λ fit and sampling time of D-EDM (Heun) on the data-prediction model.
+runs-time:
+ifneq ($(EDM_CHECKPOINT),)
+	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_HEUN)]'
+endif
+
+# Table 2: DDIM, D-DDIM-Sep, D-DDIM-All, D-DDIM, D-DDIM-2 (the base DDIM runs once).
+runs-formulations:
+	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=dode,dode_sep,dode_all,dode_2 'nfe=[$(NFES_TABLE)]'
+
+# Table 3: K and B ablations of D-DDIM. Each evaluation seed s gets its own λ fit (fit_seed=s), so
+# mean ± std covers the fit batch too, as in the paper's three independent runs. K = 30 at NFE 50
+# would need K·N = 1500 > T = 1000 teacher steps, which the runner refuses (the paper's capped
+# teacher is the K = 20 one), so K = 30 runs below NFE 50 only.
+runs-ablation-scale:
+	$(foreach s,$(SEEDS),$(RUN) checkpoint=$(CHECKPOINT) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE)]' scale=$(SCALES) fit_seed=$(s) 'seeds=[$(s)]' &&) true
+	$(foreach s,$(SEEDS),$(RUN) checkpoint=$(CHECKPOINT) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE_K30)]' scale=$(SCALES_K30) fit_seed=$(s) 'seeds=[$(s)]' &&) true
+
+runs-ablation-batch:
+	$(foreach s,$(SEEDS),$(RUN) checkpoint=$(CHECKPOINT) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE)]' batch=$(BATCHES) fit_seed=$(s) 'seeds=[$(s)]' &&) true
+
+# Section 13 (Table 4): DDIM, LA-DDIM and Fixed-D-DDIM (one λ, grid search over LAM_GRID), D-DDIM.
+runs-lookahead:
+	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_TABLE)]'
+	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=fixed,lookahead distill.lam=$(LAM_GRID) compare_base=false 'nfe=[$(NFES_TABLE)]'
+
+# Fig. 6: the first seed's samples of the data-prediction model (reused from Fig. 4's runs).
+runs-samples:
+ifneq ($(EDM_CHECKPOINT),)
+	$(RUN) 'seeds=[0]' checkpoint=$(EDM_CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
+	$(RUN) 'seeds=[0]' checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_SAMPLES_HEUN)]'
+endif
+
+paper-runs: runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples
+
+# ---------------------------------------------------------------------------------------- render
+fig-fid-nfe: runs-fid-nfe
+	$(REPORT) fig-fid-nfe
+table-time: runs-time
+	$(REPORT) table-time
+table-formulations: runs-formulations
+	$(REPORT) table-formulations
+table-ablation-scale: runs-ablation-scale
+	$(REPORT) table-ablation-scale
+table-ablation-batch: runs-ablation-batch
+	$(REPORT) table-ablation-batch
+table-lookahead: runs-lookahead
+	$(REPORT) table-lookahead
+# Figs. 2 and 5 are computed directly (dode.trajectory, a 1000-step DDIM run), not from runs.csv.
+fig-cosine:
+	$(REPORT) fig-cosine
+fig-trajectory:
+	$(REPORT) fig-trajectory
+fig-samples: runs-samples
+	$(REPORT) fig-samples
+
+paper: fig-fid-nfe table-time table-formulations table-ablation-scale table-ablation-batch table-lookahead \
+	fig-cosine fig-trajectory fig-samples
