@@ -89,16 +89,8 @@ def cmd(conf: Path, results: Path, *args: str) -> list[str]:
 
 
 def dode_run(conf: Path, results: Path, *args: str) -> int:
-    """``dode-run`` in this process (no interpreter start-up); its exit status."""
-    argv = sys.argv
-    sys.argv = ["dode-run", *cmd(conf, results, *args)[3:]]
-    try:
-        main()
-        return 0
-    except SystemExit as e:
-        return int(e.code or 0)
-    finally:
-        sys.argv = argv
+    """``dode-run`` on the test model in this process (no interpreter start-up); its exit status."""
+    return _main(*cmd(conf, results, *args)[3:])
 
 
 def shards(results: Path) -> dict[str, tuple[str, int]]:
@@ -195,6 +187,41 @@ def test_impossible_nfe_is_explained(test_conf, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "dode-run: error:" in err and "odd" in err and "Traceback" not in err
     assert not list(tmp_path.rglob("*.npz"))
+
+
+def _main(*argv: str) -> int:
+    old = sys.argv
+    sys.argv = ["dode-run", *argv]
+    try:
+        main()
+        return 0
+    except SystemExit as e:
+        return int(e.code or 0)
+    finally:
+        sys.argv = old
+
+
+def test_missing_checkpoint_says_what_to_download_and_where(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DODE_CHECKPOINT_DIR", str(tmp_path / "ckpt"))
+    assert _main("solver=dpm3", "nfe=10", "dataset=cifar10", f"results_dir={tmp_path / 'r'}") == 2
+    err = capsys.readouterr().err
+    assert "model-790000.ckpt" in err and "put it at" in err and str(tmp_path / "ckpt") in err
+    assert "make-stats" in err  # and how to make the FID reference statistics
+    assert "Traceback" not in err and not list(tmp_path.rglob("*.npz"))
+
+
+def test_digits_model_and_fd_digits_end_to_end(tmp_path, capsys):
+    """The embedded checkpoint and the real metric, tiny: D-DDIM beats DDIM at NFE 4 on FD-digits."""
+    assert _main(f"results_dir={tmp_path}", "progress=false", "nfe=[4]", "seeds=[0]", "num_samples=500",
+                 "shard_size=250", "batch=50", "scale=4") == 0
+    df = ex.read_runs(tmp_path).set_index("distill")
+    assert set(df.index) == {"none", "dode"} and (df.metric == "fd_digits").all()
+    assert df.loc["dode", "value"] < df.loc["none", "value"]
+    assert df.loc["dode", "fit_seconds"] > 0 and np.isnan(df.loc["none", "fit_seconds"])
+    (metric,) = (tmp_path / "digits" / "digits-ddpm").glob("*dode*/seed-0/metrics/*.json")
+    result = json.loads(metric.read_text())
+    assert result["feature_dim"] == 64 and result["features"]["mu"] == [64]
+    assert "D-ODE (dode)" in capsys.readouterr().out
 
 
 def test_teacher_longer_than_T_is_explained(test_conf, tmp_path):
