@@ -12,7 +12,7 @@ coefficients of the step minimise Σ_batch ‖z_fine − z_{i+1}(θ)‖², a tin
 problem solved in closed form (float64), step by step along the student's own (already corrected)
 trajectory. Forms (``dode.path.FORMS``):
 
-* ``iia`` — IIA-DDIM / IIA-DPM-Solver / IIA-EDM: g = [Δx̂0, Δε] = [d_k − d_{k−1}, −σ_k (ε_k − ε_{k−1})]
+* ``iia`` — IIA-DDIM / IIA-DPM-Solver / IIA-EDM: g = [Δx̂0, Δε] = [d_k − d_{k−1}, −σ_k(ε_k − ε_{k−1})]
   (a change δ of ε moves x0 by −σ·δ). On DDIM, ``x_{i+1} = x̂0 + σ_{i+1} ε̂`` picks up
   ``(1 − σ_{i+1}/σ_i)(θ_1 Δx̂0 − σ_i θ_2 Δε)``: weights on the differences of the last two data and
   noise predictions, as IIA-DDIM. On EDM Heun the Euler stage pairs with the previous step's
@@ -64,14 +64,14 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
-from .distill import fit_correction
+from .distill import _DryDenoiser, fit_correction
 from .errors import InvalidChoice, UserError
 from .path import Correction, ModelPath
 from .sampling import run_solver, sample, solver_grid
@@ -301,9 +301,8 @@ def teacher_samples(denoiser, noise: Tensor, teacher: str = "heun", teacher_nfe:
 
 def _columns_present(denoiser, spec: Solver, sigmas: Tensor, plan: list, form: str, noise: Tensor) -> list:
     """Which features exist at each evaluation (the first ones have a short history)."""
-    path = ModelPath(denoiser, Correction(form, []))
-    with torch.no_grad():
-        run_solver(path, spec, noise[:1], sigmas, plan)
+    path = ModelPath(_DryDenoiser(denoiser), Correction(form, []))  # presence depends on history only
+    run_solver(path, spec, torch.zeros(1, 1, dtype=torch.float64), sigmas, plan)
     return [path.columns[k] for k in range(sum(plan))]
 
 
@@ -441,6 +440,9 @@ def _setup_s4s(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe,
             raise ValueError(f"targets have shape {tuple(targets.shape)}, the noise {tuple(noise.shape)}")
         tinfo = {"teacher": "given targets"}
     tinfo["teacher_seconds"] = time.perf_counter() - start
+    if chunk and int(chunk) < len(noise) and getattr(denoiser, "model_kwargs", None):
+        raise UserError("chunk splits the fit batch, but the model carries per-batch model_kwargs (class labels); "
+                        "use chunk=null (or a smaller batch)")
     dist, dname = get_distance(distance, str(noise.device), classifier, lpips_weights)
     problem = _S4SProblem(denoiser, noise, targets.to(noise.dtype), spec, plan, form, dist, chunk)
     present = _columns_present(denoiser, spec, sigmas, plan, form, noise)
@@ -473,8 +475,9 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
 
     Adam (``iters`` steps, learning rate ``lr`` with cosine decay, gradients through the model and the
     solver by autograd, in ``chunk``-sized pieces when memory is short) from θ = 0 (the base solver)
-    or ``init`` (``optimizer="lbfgs"``: L-BFGS instead, for small problems solved precisely); returns the best θ seen — by the loss on ``val_noise`` (held-out noise, teacher run
-    on it unless ``val_targets``) when given, else by the training loss. ``distance``: ``"l2"``
+    or ``init`` (``optimizer="lbfgs"``: L-BFGS instead, for small problems solved precisely). Returns
+    the best θ seen — by the loss on ``val_noise`` (held-out noise, teacher run on it unless
+    ``val_targets``) when given, else by the training loss. ``distance``: ``"l2"``
     (mean squared error), ``"fd_digits"`` (digits-classifier features), ``"lpips"`` (with
     ``lpips_weights``) or a callable ``(x, y) -> batch-mean scalar``. Returns a
     :class:`~dode.path.Correction` (float θ) with ``fit_seconds`` and the losses in its provenance.
@@ -691,6 +694,7 @@ def fit_s4s_point(denoiser, noise, point: dict, progress: bool, provenance: dict
 
 def fit_s4s_alt_point(denoiser, noise, point: dict, progress: bool, provenance: dict) -> Correction:
     d = point["distill"]
-    extra = {k: d[k] for k in ("rounds", "grid_space", "grid_evals", "grid_step", "round_iters") if d.get(k) is not None}
+    keys = ("rounds", "grid_space", "grid_evals", "grid_step", "round_iters")
+    extra = {k: d[k] for k in keys if d.get(k) is not None}
     return fit_s4s_alt(denoiser, noise, point["solver"]["name"], int(point["nfe"]), grid=point["solver"].get("grid"),
                        progress=progress, **_s4s_kwargs(d, point), **extra, **provenance)

@@ -48,6 +48,10 @@ def _rms(a, b):
     return float((a - b).pow(2).mean().sqrt())
 
 
+def _t(theta):
+    return torch.tensor(theta, dtype=torch.float64)
+
+
 # ------------------------------------------------------------------------------------------- forms
 def test_forms_are_registered_in_x0_space():
     for form in ("iia", "biia", "s4s", "s4s2", "s4s4"):
@@ -124,7 +128,8 @@ def test_iia_reduces_the_per_step_error_on_held_out_noise(kind, solver, nfe, for
     fitted = step_errors(model, held_out, solver, nfe, corr, substeps=8)
     assert fitted.sum() < 0.7 * base.sum(), (base, fitted)
     teacher = teacher_samples(model, held_out)
-    assert _rms(dode.sample(model, held_out, solver, nfe, corr), teacher) < _rms(dode.sample(model, held_out, solver, nfe), teacher)
+    base_final = _rms(dode.sample(model, held_out, solver, nfe), teacher)
+    assert _rms(dode.sample(model, held_out, solver, nfe, corr), teacher) < base_final
     for key in ("fit_seconds", "substeps", "target_nfe", "solver", "nfe", "batch", "dode_version"):
         assert key in corr.provenance
     assert corr.provenance["method"] == "iia" and corr.provenance["seeds"] == "0-59"
@@ -151,7 +156,7 @@ def test_s4s_recovers_the_coefficients_of_a_multistep_teacher(models):
         want.append([0.5 / r, -0.5 / r])
     target = dode.sample(model, noise, "dpmpp2m", 4, grid=MODERATE)
     corr = fit_s4s(model, noise, "ddim", 4, window=2, grid=MODERATE, targets=target, optimizer="lbfgs", iters=100, lr=1)
-    torch.testing.assert_close(torch.tensor(corr.theta, dtype=torch.float64), torch.tensor(want, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(_t(corr.theta), _t(want), rtol=0, atol=1e-5)
     held_out = _noise(20, 8)
     torch.testing.assert_close(dode.sample(model, held_out, "ddim", 4, corr, grid=MODERATE),
                                dode.sample(model, held_out, "dpmpp2m", 4, grid=MODERATE), rtol=0, atol=1e-6)
@@ -164,7 +169,7 @@ def test_s4s_recovers_planted_coefficients(models):
     planted = [[0.1, 0.0, 0.0], [-0.2, 0.15, 0.0], [0.05, -0.1, 0.08]]
     targets = dode.sample(model, noise, "ddim", 3, Correction("s4s", planted), grid=grid)
     corr = fit_s4s(model, noise, "ddim", 3, window=3, grid=grid, targets=targets, optimizer="lbfgs", iters=100, lr=1)
-    torch.testing.assert_close(torch.tensor(corr.theta, dtype=torch.float64), torch.tensor(planted, dtype=torch.float64), rtol=0, atol=1e-5)
+    torch.testing.assert_close(_t(corr.theta), _t(planted), rtol=0, atol=1e-5)
 
 
 def test_s4s_with_adam_improves_on_its_initialisation_on_held_out_noise(models):
@@ -176,7 +181,8 @@ def test_s4s_with_adam_improves_on_its_initialisation_on_held_out_noise(models):
     assert p["val_best"] < 0.5 * p["val_init"] and p["loss_best"] < 0.5 * p["loss_init"] and p["fit_seconds"] > 0
     held_out = _noise(64, 12)
     teacher = teacher_samples(model, held_out, teacher_nfe=59)
-    assert _rms(dode.sample(model, held_out, "ddim", 5, corr), teacher) < 0.7 * _rms(dode.sample(model, held_out, "ddim", 5), teacher)
+    base = _rms(dode.sample(model, held_out, "ddim", 5), teacher)
+    assert _rms(dode.sample(model, held_out, "ddim", 5, corr), teacher) < 0.7 * base
 
 
 def test_s4s_distances(models, tmp_path):
@@ -233,13 +239,16 @@ def test_s4s_alt_keeps_the_grid_monotone_and_lowers_the_loss(models):
     p = corr.provenance
     grid = torch.tensor(p["grid"], dtype=torch.float64)
     assert MonotoneGrid.monotone(grid) and grid[-1] == 0 and len(grid) == 6
-    assert p["grid_learned"] and p["grid_changed"] and grid[0] == p["base_sigmas"][0] and grid[-2] == p["base_sigmas"][-2]
+    assert p["grid_learned"] and p["grid_changed"]
+    assert grid[0] == p["base_sigmas"][0] and grid[-2] == p["base_sigmas"][-2]  # the ends stay
     losses = [h["loss"] for h in p["history"]]
-    assert all(b <= a for a, b in zip(losses, losses[1:])) and p["loss_best"] < 0.8 * losses[0] < losses[0] < p["loss_init"]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    assert p["loss_best"] < 0.8 * losses[0] < losses[0] < p["loss_init"]  # the grid search paid off
     assert any(h["phase"] == "grid" and h["accepted"] for h in p["history"])
     held_out = _noise(64, 16)
     teacher = teacher_samples(model, held_out, teacher_nfe=59)
-    assert _rms(sample_learned(model, held_out, corr), teacher) < 0.5 * _rms(dode.sample(model, held_out, "ddim", 5), teacher)
+    base = _rms(dode.sample(model, held_out, "ddim", 5), teacher)
+    assert _rms(sample_learned(model, held_out, corr), teacher) < 0.5 * base
 
 
 # ----------------------------------------------------------------------------------- save / reload
@@ -276,3 +285,11 @@ def test_distill_configs_and_runner_entry_points(name, fn, models):
     with torch.no_grad():  # the runner fits under no_grad; S4S turns gradients back on itself
         corr = fn(models["edm"], _noise(8, 19), point, False, {"fit_seed": 0})
     assert corr.provenance["fit_seed"] == 0 and corr.provenance["method"] == name and len(corr.theta) == 4
+
+
+def test_s4s_chunks_accumulate_the_full_batch_gradient(models):
+    model, noise = models["edm"], _noise(24, 20)
+    target = teacher_samples(model, noise, teacher_nfe=19)
+    whole = fit_s4s(model, noise, "ddim", 4, iters=5, targets=target)
+    chunked = fit_s4s(model, noise, "ddim", 4, iters=5, targets=target, chunk=7)
+    torch.testing.assert_close(_t(chunked.theta), _t(whole.theta), rtol=0, atol=1e-9)
