@@ -850,9 +850,9 @@ def summary(points: list[dict], table=None) -> str:
     labels = {p["choices"]["distill"]: p["distill"].get("label", p["choices"]["distill"]) for p in points}
     lines = []
     metric = points[0]["choices"]["eval"]
+    spread = ", mean ± std over seeds" if len(seeds) > 1 else ""
     lines.append(f"{points[0]['choices']['dataset']} · {points[0]['choices']['checkpoint']} · {metric} "
-                 f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {points[0]['num_samples']} samples, "
-                 f"mean ± std over seeds)")
+                 f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {points[0]['num_samples']} samples{spread})")
     header = ["solver", "NFE"] + [f"{labels[d]} ({d})" if labels[d] != d else d for d in order]
     fitted = [d for d in order if df[df["distill"] == d]["fit_seconds"].notna().any()]
     header += ["λ fit [s]"] if fitted else []
