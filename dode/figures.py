@@ -66,10 +66,22 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
                         capsize=2, label=label, alpha=0.95 if dist == "dode" else 0.75)
     ax.set_xscale("log")
     if vals.min() > 0 and vals.max() / vals.min() > 8:
+        from matplotlib.ticker import LogLocator, ScalarFormatter
+
         ax.set_yscale("log")
-    nfes = sorted(long["nfe"].unique())
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        fmt = ScalarFormatter()
+        fmt.set_scientific(False)
+        ax.yaxis.set_major_formatter(fmt)
+        ax.yaxis.set_minor_formatter(plt.NullFormatter())
+    nfes = [int(n) for n in sorted(long["nfe"].unique())]
     ax.set_xticks(nfes)
-    ax.set_xticklabels([str(int(n)) for n in nfes])
+    shown, labels = None, []
+    for n in nfes:  # no overlapping labels (10 and 11, 50 and 51)
+        keep = shown is None or n / shown >= 1.18
+        labels.append(str(n) if keep else "")
+        shown = n if keep else shown
+    ax.set_xticklabels(labels)
     ax.minorticks_off()
     ax.set_xlabel("NFE")
     ax.set_ylabel(ylabel)
@@ -150,11 +162,14 @@ def sample_grids(cells: dict, title: str, stem: Path) -> list[Path]:
 
 # ---------------------------------------------------------------------------------------- computed
 def _device(opt: "Options") -> str:
+    """The device of the computed figures; on CPU also torch's thread count (``opt.threads``: one by
+    default — the digits models are tiny, and on a shared machine extra threads mostly wait)."""
     import torch
 
-    if opt.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return opt.device
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if opt.device == "auto" else opt.device
+    if device == "cpu" and opt.threads:
+        torch.set_num_threads(int(opt.threads))
+    return device
 
 
 def load_model(dataset: str, checkpoint: str, device: str = "cpu"):
@@ -234,7 +249,7 @@ def cosine_figure(opt: "Options") -> list[Path]:
         sig, sim = cosine_data(den, noise, opt.steps)
         pred = native_prediction(den)
         stride = max(1, len(sim) // 250)  # display resolution (keeps the files small)
-        im = ax.imshow(sim[::stride, ::stride], cmap="viridis", vmin=min(0.0, float(sim.min())), vmax=1.0,
+        im = ax.imshow(sim[::stride, ::stride], cmap="viridis", vmin=math.floor(float(sim.min()) * 20) / 20, vmax=1.0,
                        extent=(0, len(sim), len(sim), 0), interpolation="nearest")
         ax.set_title(f"{ck}: {'ε (noise)' if pred == 'eps' else 'x0 (data)'} prediction", fontsize=9)
         ax.set_xlabel("DDIM step (0 = pure noise)")

@@ -108,6 +108,7 @@ class Options:
     fit_seed: int = 0
     nfe: Sequence[int] = TABLE_NFE
     device: str = "auto"
+    threads: int = 1                     # CPU threads of the computed figures (0: torch's default)
     steps: int = 1000                    # the long DDIM run of Figs. 2 and 5
     cosine_batch: int = 16
     trajectory_batch: int = 64
@@ -689,6 +690,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-seed", type=int, default=0, help="λ fit seed of the main tables (default 0)")
     p.add_argument("--nfe", type=_ints, default=TABLE_NFE, help="NFE columns of Tables 2–4 (default 10,25,50)")
     p.add_argument("--device", default="auto", help="device of the computed figures (auto: cuda if present)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of the computed figures (default 1; "
+                   "0: torch's default)")
     p.add_argument("--steps", type=int, default=1000, help="steps of the long DDIM run (Figs. 2, 5)")
     p.add_argument("--trajectory-nfe", type=int, default=10, help="NFE of the solvers in Fig. 5 (Heun: the odd NFE "
                    "below it)")
@@ -700,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser().parse_args(argv)
     opt = Options(results=a.results, dataset=a.dataset, checkpoint=a.checkpoint, edm_checkpoint=a.edm_checkpoint,
                   tables=a.tables, figures=a.figures, metric=a.metric, num_samples=a.num_samples, scale=a.scale,
-                  batch=a.batch, fit_seed=a.fit_seed, nfe=a.nfe, device=a.device, steps=a.steps,
+                  batch=a.batch, fit_seed=a.fit_seed, nfe=a.nfe, device=a.device, threads=a.threads, steps=a.steps,
                   trajectory_nfe=a.trajectory_nfe, quiet=a.quiet)
     try:
         files = render(a.what or list(ARTIFACTS), opt)
