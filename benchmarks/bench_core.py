@@ -57,17 +57,23 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, default=10)
     ap.add_argument("--scale", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
+    ap.add_argument("--solvers", default=",".join(dode.SOLVERS), help="comma-separated solver names")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     denoiser, label = network()
     noise = torch.randn(args.batch, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     sigma = torch.full((args.batch,), 1.0, dtype=torch.float64)
     denoiser(noise, sigma)  # warm-up
-    forward = best_of(lambda: [denoiser(noise, sigma) for _ in range(10)], args.repeat) / 10
-    print(f"network: {label}; batch {args.batch}; one forward pass {forward * 1e3:.2f} ms; "
+    def forward_pass() -> float:
+        return best_of(lambda: [denoiser(noise, sigma) for _ in range(5)], args.repeat) / 5
+
+    print(f"network: {label}; batch {args.batch}; one forward pass {forward_pass() * 1e3:.2f} ms; "
           f"threads {torch.get_num_threads()}")
     print(f"{'solver':9s} {'NFE':>4s} {'sample/(NFE·fwd)':>17s} {'fit/(teacher+student)':>22s}")
-    for name in dode.SOLVERS:
+    for name in args.solvers.split(","):
         nfe = args.nfe - 1 if name == "heun" else args.nfe
+        forward = forward_pass()  # measured next to each solver: the machine's speed drifts
         sample = best_of(lambda: dode.sample(denoiser, noise, name, nfe), args.repeat)
         spec, sigmas, plan = solver_grid(denoiser, name, nfe)
         _, points = student_points(denoiser, spec, sigmas, plan)
