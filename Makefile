@@ -28,3 +28,6 @@ bench-runner:
 	$(PYTHON) benchmarks/bench_runner.py
 
 bench: bench-core bench-runner
+
+# The paper's tables and figures (sweeps through dode-run -m, then python -m dode.report).
+include mk/paper.mk
