@@ -29,7 +29,7 @@ def _plt():
     return plt
 
 
-def save(fig, stem: Path, dpi: int = 110) -> list[Path]:
+def save(fig, stem: Path, dpi: int = 100) -> list[Path]:
     """``<stem>.png`` and ``<stem>.pdf`` without time stamps (so reruns give the same bytes)."""
     plt = _plt()
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +46,22 @@ def _wrap(text: str, width: int = 110) -> str:
     import textwrap
 
     return "\n".join(textwrap.wrap(text, width))
+
+
+def _log_y(ax, vals) -> None:
+    """A log y axis with plain tick labels (1, 2, 5, 10, …) when the values span a decade or so."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    vals = np.asarray(vals, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals) or vals.min() <= 0 or vals.max() / vals.min() <= 8:
+        return
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    fmt = ScalarFormatter()
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 # ---------------------------------------------------------------------------------------- runs.csv
@@ -65,15 +81,7 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
             ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color=c, ls=ls, marker=mk, ms=4, lw=1.5,
                         capsize=2, label=label, alpha=0.95 if dist == "dode" else 0.75)
     ax.set_xscale("log")
-    if vals.min() > 0 and vals.max() / vals.min() > 8:
-        from matplotlib.ticker import LogLocator, ScalarFormatter
-
-        ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        fmt = ScalarFormatter()
-        fmt.set_scientific(False)
-        ax.yaxis.set_major_formatter(fmt)
-        ax.yaxis.set_minor_formatter(plt.NullFormatter())
+    _log_y(ax, vals)
     nfes = [int(n) for n in sorted(long["nfe"].unique())]
     ax.set_xticks(nfes)
     shown, labels = None, []
@@ -107,6 +115,7 @@ def lambda_grid(grid: pd.DataFrame, refs: dict, nfes: list[int], ylabel: str, ti
             v = refs.get(dist, {}).get(n)
             if v is not None and np.isfinite(v):
                 ax.axhline(v, color=c, ls=":", lw=1.2, label=label)
+        _log_y(ax, list(grid[grid["nfe"] == n]["mean"]) + [v.get(n, np.nan) for v in refs.values()])
         ax.set_title(f"NFE {n}", fontsize=9)
         ax.set_xlabel("λ")
         ax.grid(alpha=0.3)
@@ -255,7 +264,7 @@ def cosine_figure(opt: "Options") -> list[Path]:
         ax.set_xlabel("DDIM step (0 = pure noise)")
         ax.set_ylabel("DDIM step")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        near = np.mean([sim[i, i + 1] for i in range(len(sim) - 1)])
+        near = min(sim[i, i + 1] for i in range(len(sim) - 1))
         rows.append((ck, pred, float(near), float(sim.min())))
     fig.suptitle(_wrap(f"Cosine similarity between all denoising outputs of a {opt.steps}-step DDIM run "
                        f"({opt.dataset}, mean over {opt.cosine_batch} noises of seed 0) — paper Fig. 2 analogue", 100),
@@ -264,7 +273,7 @@ def cosine_figure(opt: "Options") -> list[Path]:
     out = save(fig, opt.figures / f"cosine-{opt.dataset}")
     lines = [f"### Cosine similarity of denoising outputs, {opt.steps}-step DDIM — {opt.dataset} (paper Fig. 2)", "",
              f"Mean over {opt.cosine_batch} noises; figure: figures/cosine-{opt.dataset}.png.", "",
-             "| checkpoint | output | mean cos(step i, step i+1) | min over all pairs |", "|---|---|---:|---:|"]
+             "| checkpoint | output | min cos(step i, step i+1) over i | min over all pairs |", "|---|---|---:|---:|"]
     lines += [f"| {ck} | {'ε' if p == 'eps' else 'x0'} | {n:.4f} | {m:.3f} |" for ck, p, n, m in rows]
     opt.tables.mkdir(parents=True, exist_ok=True)
     md = opt.tables / f"cosine-{opt.dataset}.md"

@@ -22,6 +22,8 @@ Smaller Steps", CVPR 2024):
                             and D-ODE solvers against 1000-step DDIM (computed)
 ``fig-samples``             Fig. 6: sample grids at several NFE, base vs D-ODE, same seeds (read
                             from the run folders' sample shards)
+``table-runs``              the per-seed rows of runs.csv behind the tables (``runs-<dataset>.csv``,
+                            with the fixed λ), so the numbers can be checked without the run folders
 ==========================  ================================================================
 
 Rows are selected per table: the dataset and checkpoint, one metric and one ``num_samples`` (the
@@ -49,7 +51,7 @@ import numpy as np
 import pandas as pd
 
 ARTIFACTS = ("fig-fid-nfe", "table-time", "table-formulations", "table-ablation-scale", "table-ablation-batch",
-             "table-lookahead", "fig-cosine", "fig-trajectory", "fig-samples")
+             "table-lookahead", "fig-cosine", "fig-trajectory", "fig-samples", "table-runs")
 COMPUTED = ("fig-cosine", "fig-trajectory")  # need the model, not runs.csv
 
 # Default checkpoints per dataset (as in mk/paper.mk): (noise-prediction model, data-prediction model).
@@ -342,6 +344,15 @@ def _cell(d: pd.DataFrame) -> tuple[str, float, float, int]:
     return fmt_pm(m, s, n), m, s, n
 
 
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
+    """``a − b`` per evaluation seed (same noises), as mean ± std over the seeds both have."""
+    m = a.groupby("seed")["value"].mean().sub(b.groupby("seed")["value"].mean()).dropna()
+    mean, std, n = stats(m.astype(float))
+    if not n:
+        return "—"
+    return f"{mean:+.2f}" if n == 1 else f"{mean:+.2f} ± {std:.2f}"
+
+
 def _nfes(d: pd.DataFrame, wanted: Sequence[int]) -> list[int]:
     have = set(int(x) for x in d["nfe"].unique())
     return [n for n in wanted if n in have] or sorted(have)
@@ -376,13 +387,15 @@ def fid_nfe(df: pd.DataFrame, opt: Options) -> list[Path]:
                 b, bm, _, bn = _cell(g[g["distill"] == "none"])
                 o, om, _, on = _cell(g[g["distill"] == "dode"])
                 fit = g[g["distill"] == "dode"]["fit_seconds"].astype(float)
-                diff = f"{om - bm:+.2f}" if bn and on else "—"
+                diff = paired_difference(g[g["distill"] == "dode"], g[g["distill"] == "none"])
                 rows.append([f"{solver_label(s)} / {method_label(s, 'dode')}", int(nfe), b, o, diff,
                              f"{fit.iloc[0]:.1f}" if len(fit) and np.isfinite(fit.iloc[0]) else "—"])
         t = Table(f"{metric_label(info['metric'])} vs NFE: {opt.dataset} · {ck}", ["solver", "NFE", "base", "D-ODE",
                                                                                      "D-ODE − base", "λ fit [s]"],
                   rows, caption_common(info, d["seed"].unique()) + f"; D-ODE: K = {opt.scale}, B = {opt.batch}, λ fitted "
-                  f"once on fit seed {opt.fit_seed}. Figure: figures/{stem}.png", [])
+                  f"once on fit seed {opt.fit_seed}. D-ODE − base: mean ± std over seeds of the per-seed difference "
+                  "(both use the same noises, so it is far less noisy than either column). "
+                  f"Figure: figures/{stem}.png", [])
         out += write_tables(opt, stem, [t], long)
     return out
 
@@ -461,12 +474,19 @@ def table_formulations(df: pd.DataFrame, opt: Options) -> list[Path]:
               caption_common(info, d["seed"].unique()) + f"; K = {opt.scale}, B = {opt.batch}, λ fitted once (fit seed "
               f"{opt.fit_seed}). Sep: D̃ = a·D_k + b·D_k−1; All: free weights on every previous output; D-DDIM: "
               "D̃ = D_k + λ(D_k − D_k−1); D-DDIM-2: two λ on the last two differences.")
+    diff = [[f"{method_label('ddim', dist)} − {ref_label}"] + [
+        paired_difference(d[(d["distill"] == dist) & (d["nfe"] == n)], d[(d["distill"] == ref) & (d["nfe"] == n)])
+        for n in nfes] for ref, ref_label in (("none", "DDIM"), ("dode", "D-DDIM"))
+        for dist in PAPER_TABLE2 if dist not in ("none", ref) and (d["distill"] == dist).any() and (d["distill"] == ref).any()]
+    paired = Table("Paired differences", ["NFE"] + nfes, diff,
+                   "Per evaluation seed (same noises), mean ± std over seeds; negative = lower (better) than the "
+                   "reference.")
     paper = Table("Published (paper Table 2: CIFAR-10, DDPM, FID of 50K samples)", ["NFE", 10, 25, 50],
                   [[method_label("ddim", k)] + [f"{v:.2f}" for v in vals] for k, vals in PAPER_TABLE2.items()],
                   "Quoted from the paper for comparison (one value per cell).")
     long = _long(d[d["nfe"].isin(nfes)], ["distill", "nfe"])
     long.insert(0, "method", [method_label("ddim", x) for x in long["distill"]])
-    return write_tables(opt, _stem("formulations", opt, ck), [t, paper], long)
+    return write_tables(opt, _stem("formulations", opt, ck), [t, paired, paper] if diff else [t, paper], long)
 
 
 # ---------------------------------------------------------------------------------------- Table 3
@@ -512,8 +532,22 @@ def table_ablation(df: pd.DataFrame, opt: Options, which: str) -> list[Path]:
            f"{NOT_GIVEN}.")
     t = Table(f"Ablation of D-DDIM: {label} — {opt.dataset} · {ck} (paper Table 3{'a' if which == 'scale' else 'b'} "
               f"analogue)", ["NFE"] + nfes, rows, cap, notes)
+    ref = opt.scale if which == "scale" else opt.batch
+    diff_rows = []
+    for v in sorted(int(x) for x in dode[which].dropna().unique()):
+        if v == ref:
+            continue
+        diff_rows.append([f"{symbol} = {v} − {symbol} = {ref}"] + [
+            paired_difference(dode[(dode[which] == v) & (dode["nfe"] == n)], dode[(dode[which] == ref) & (dode["nfe"] == n)])
+            for n in nfes])
+    tables = [t]
+    if diff_rows:
+        tables.append(Table(f"Paired difference to {symbol} = {ref}", ["NFE"] + nfes, diff_rows,
+                            "Per evaluation seed (same noises, each side with its fit seed = that seed), mean ± std over "
+                            "seeds; negative = better than the reference. The seed-to-seed spread of the table above is "
+                            "mostly common to every row."))
     long = _long(dode[dode["nfe"].isin(nfes)], [which, "nfe"])
-    return write_tables(opt, _stem(f"ablation-{which}", opt, ck), [t], long)
+    return write_tables(opt, _stem(f"ablation-{which}", opt, ck), tables, long)
 
 
 # ------------------------------------------------------------------------------- Section 13 / Table 4
@@ -626,6 +660,21 @@ def read_samples(run_path: Path, seed: int, n: int) -> np.ndarray | None:
     return np.concatenate(imgs)[:n]
 
 
+def table_runs(df: pd.DataFrame, opt: Options) -> list[Path]:
+    """The dataset's rows of runs.csv (every seed, with the λ of fixed/lookahead runs)."""
+    d = df[df["dataset"].astype(str) == opt.dataset].drop(columns=["run_path"])
+    if d.empty:
+        opt.say(f"table-runs: no runs of {opt.dataset}; skipped")
+        return []
+    d = d.sort_values(["checkpoint", "solver", "distill", "nfe", "scale", "batch", "lam", "fit_seed", "seed"],
+                      na_position="first")
+    opt.tables.mkdir(parents=True, exist_ok=True)
+    path = opt.tables / f"runs-{opt.dataset}.csv"
+    d.to_csv(path, index=False, float_format="%.6g")
+    opt.say(f"wrote {path}")
+    return [path]
+
+
 # ------------------------------------------------------------------------------------------ driver
 def render(what: Sequence[str], opt: Options) -> list[Path]:
     """Render the named artifacts (``ARTIFACTS``); returns the files written."""
@@ -652,6 +701,8 @@ def render(what: Sequence[str], opt: Options) -> list[Path]:
             out += table_lookahead(df, opt)
         elif w == "fig-samples":
             out += samples(df, opt)
+        elif w == "table-runs":
+            out += table_runs(df, opt)
         elif w == "fig-cosine":
             out += figures.cosine_figure(opt)
         elif w == "fig-trajectory":

@@ -154,3 +154,4 @@ fig-samples: runs-samples
 
 paper: fig-fid-nfe table-time table-formulations table-ablation-scale table-ablation-batch table-lookahead \
 	fig-cosine fig-trajectory fig-samples
+	$(REPORT) table-runs

@@ -177,6 +177,10 @@ def test_table_formulations(results):
             vals = [value_of("ddim", dist, nfe, s) for s in (0, 1, 2)]
             assert cell == pm(np.mean(vals), np.std(vals, ddof=1)), (label, nfe)
     assert rows["DDIM"][0] == "20.00 ± 1.00"  # the 50-sample smoke row is not mixed in
+    diff = md_rows(md, "Paired")
+    assert diff["D-DDIM-Sep − DDIM"] == ["+50.00 ± 0.00"] * 3
+    assert diff["D-DDIM − DDIM"][0] == f"{-0.3 * 20:+.2f} ± 0.00"
+    assert diff["D-DDIM-All − D-DDIM"][0] == f"{80 + 0.3 * 20:+.2f} ± 0.00"
     paper = md_rows(md, "Published")
     assert paper["D-DDIM"] == ["8.67", "8.18", "6.55"] and paper["D-DDIM-All"] == ["179.67", "36.65", "18.48"]
     csv = pd.read_csv(opt.tables / "formulations-digits-digits-ddpm.csv")
@@ -198,6 +202,9 @@ def test_table_ablation_scale_pairs_fit_seeds_and_marks_capped_k(results):
     k20 = [value_of("ddim", "dode", 50, s, scale=20) for s in (0, 1, 2)]
     assert rows["K = 30"][2] == f"({pm(np.mean(k20), np.std(k20, ddof=1))})†"
     assert rows["K = 30"][0] != rows["K = 30"][2]
+    diff = md_rows(opt.tables / "ablation-scale-digits-digits-ddpm.md", "Paired")
+    assert list(diff)[1:] == ["K = 5 − K = 10", "K = 20 − K = 10", "K = 30 − K = 10"]
+    assert diff["K = 5 − K = 10"] == ["+0.50 ± 0.00"] * 3 and diff["K = 30 − K = 10"][2] == "—"
     text = (opt.tables / "ablation-scale-digits-digits-ddpm.md").read_text()
     assert "† K·N > T = 1000" in text
 
@@ -273,7 +280,7 @@ def test_fig_fid_nfe_and_its_table(results):
     base = [value_of("ddim", "none", 3, s) for s in (0, 1, 2)]
     dode = [value_of("ddim", "dode", 3, s) for s in (0, 1, 2)]
     assert by[("DDIM / D-DDIM", "3")] == [pm(np.mean(base), 1.0), pm(np.mean(dode), 1.0),
-                                          f"{np.mean(dode) - np.mean(base):+.2f}", "2.3"]
+                                          f"{np.mean(dode) - np.mean(base):+.2f} ± 0.00", "2.3"]  # paired by seed
     assert ("iPNDM / D-iPNDM", "50") in by
 
 
@@ -286,6 +293,14 @@ def test_fig_samples_reads_shards(results):
     imgs = report.read_samples(Path(report.load_runs(results).query("checkpoint == 'digits-edm'")["run_path"].iloc[0]),
                                0, 16)
     assert imgs.shape == (16, 8, 8, 1) and imgs.dtype == np.uint8
+
+
+def test_table_runs_keeps_every_seed(results):
+    opt = options(results)
+    (path,) = report.render(["table-runs"], opt)
+    rows = pd.read_csv(path)
+    assert len(rows) == len(pd.read_csv(results / "runs.csv")) and "run_path" not in rows
+    assert sorted(rows[rows["distill"] == "lookahead"]["lam"].unique()) == [0.25, 0.5, 1.0]
 
 
 def test_missing_runs_csv_is_a_clear_error(tmp_path, capsys):
