@@ -620,7 +620,7 @@ def samples(df: pd.DataFrame, opt: Options) -> list[Path]:
     from . import figures
 
     out = []
-    for ck in [c for c in (opt.edm_checkpoint,) if c]:
+    for ck in [c for c in (opt.edm_checkpoint or opt.checkpoint,) if c]:  # the paper: data-prediction models
         d, info = select(df, opt, ck, scale=opt.scale, batch=opt.batch)
         d = d[d["distill"].isin(["none", "dode"]) & (d["seed"] == 0)]
         cells = {}

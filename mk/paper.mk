@@ -122,11 +122,14 @@ runs-lookahead:
 	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_TABLE)]'
 	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=fixed,lookahead distill.lam=$(LAM_GRID) compare_base=false 'nfe=[$(NFES_TABLE)]'
 
-# Fig. 6: the first seed's samples of the data-prediction model (reused from Fig. 4's runs).
+# Fig. 6: the first seed's samples of the data-prediction model (reused from Fig. 4's runs), as in the
+# paper; a dataset with no data-prediction checkpoint shows DDIM vs D-DDIM of the noise-prediction one.
 runs-samples:
 ifneq ($(EDM_CHECKPOINT),)
 	$(RUN) 'seeds=[0]' checkpoint=$(EDM_CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
 	$(RUN) 'seeds=[0]' checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_SAMPLES_HEUN)]'
+else ifneq ($(CHECKPOINT),)
+	$(RUN) 'seeds=[0]' checkpoint=$(CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
 endif
 
 paper-runs: runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples

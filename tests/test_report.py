@@ -482,6 +482,15 @@ def test_make_target_uses_paper_settings_on_a_real_checkpoint(target):
 
 
 @needs_make
+def test_fig_samples_falls_back_to_the_noise_model():
+    cmds = make_commands("fig-samples", "DATASET=celeba64")
+    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
+    assert len(runs) == 1 and "checkpoint=ddpm-celeba64" in runs[0] and "solver=ddim" in runs[0]
+    for job in compose_jobs(runs[0]):
+        assert _points(job, with_files=False)
+
+
+@needs_make
 def test_make_checkpoint_override_reaches_every_command():
     cmds = make_commands("table-formulations", "DATASET=cifar10", "CHECKPOINT=diffusers-ddpm-cifar10-32")
     assert any("checkpoint=diffusers-ddpm-cifar10-32" in c for c in cmds)
