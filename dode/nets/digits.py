@@ -38,7 +38,7 @@ MIN_ROWS = 32
 class DigitsMLP(nn.Module):
     """Residual MLP ``F(x, c_noise)`` for ``(N, 1, 8, 8)`` images (see the module docstring)."""
 
-    def __init__(self, width: int = 256, hidden: int = 512, depth: int = 4, emb: int = 128,
+    def __init__(self, width: int = 192, hidden: int = 384, depth: int = 4, emb: int = 64,
                  freqs: int = 32, fmin: float = 0.25, fmax: float = 64.0, pixels: int = 64,
                  skip: bool = False):
         super().__init__()
@@ -123,8 +123,9 @@ class EpsNet(nn.Module):
 
 
 def build(name: str, config: dict | None = None) -> nn.Module:
-    """The bare (untrained) network of model ``name``: ``EDMPrecond`` or ``EpsNet``."""
-    mlp = DigitsMLP(**(config or {}))
+    """The bare (untrained) network of model ``name``: ``EDMPrecond`` or ``EpsNet``; without
+    ``config``, the shipped shape (the ε model has the input→output skip)."""
+    mlp = DigitsMLP(**(config if config is not None else {"skip": name == "digits-ddpm"}))
     if name == "digits-edm":
         return EDMPrecond(mlp)
     if name == "digits-ddpm":
