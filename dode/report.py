@@ -746,6 +746,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=1000, help="steps of the long DDIM run (Figs. 2, 5)")
     p.add_argument("--trajectory-nfe", type=int, default=10, help="NFE of the solvers in Fig. 5 (Heun: the odd NFE "
                    "below it)")
+    p.add_argument("--samples-nfe", type=_ints, default=(3, 5, 10), help="NFE of Fig. 6's DDIM columns (default 3,5,10)")
+    p.add_argument("--samples-nfe-heun", type=_ints, default=(3, 5, 11),
+                   help="NFE of Fig. 6's EDM (Heun) columns (default 3,5,11)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -755,7 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt = Options(results=a.results, dataset=a.dataset, checkpoint=a.checkpoint, edm_checkpoint=a.edm_checkpoint,
                   tables=a.tables, figures=a.figures, metric=a.metric, num_samples=a.num_samples, scale=a.scale,
                   batch=a.batch, fit_seed=a.fit_seed, nfe=a.nfe, device=a.device, threads=a.threads, steps=a.steps,
-                  trajectory_nfe=a.trajectory_nfe, quiet=a.quiet)
+                  trajectory_nfe=a.trajectory_nfe, quiet=a.quiet,
+                  samples_nfe={"ddim": a.samples_nfe, "euler": a.samples_nfe, "heun": a.samples_nfe_heun})
     try:
         files = render(a.what or list(ARTIFACTS), opt)
     except (FileNotFoundError, ValueError) as e:

@@ -153,7 +153,7 @@ fig-cosine:
 fig-trajectory:
 	$(REPORT) fig-trajectory
 fig-samples: runs-samples
-	$(REPORT) fig-samples
+	$(REPORT) fig-samples --samples-nfe $(NFES_SAMPLES_EULER) --samples-nfe-heun $(NFES_SAMPLES_HEUN)
 
 paper: fig-fid-nfe table-time table-formulations table-ablation-scale table-ablation-batch table-lookahead \
 	fig-cosine fig-trajectory fig-samples
