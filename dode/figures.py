@@ -38,7 +38,6 @@ def save(fig, stem: Path, dpi: int = 100) -> list[Path]:
     fig.savefig(pdf, bbox_inches="tight", metadata={"CreationDate": None, "ModDate": None, "Producer": None,
                                                       "Creator": None})
     plt.close(fig)
-    print(f"wrote {png} and {pdf}", flush=True)
     return [png, pdf]
 
 

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -683,30 +682,26 @@ def render(what: Sequence[str], opt: Options) -> list[Path]:
     unknown = [w for w in what if w not in ARTIFACTS]
     if unknown:
         raise ValueError(f"unknown artifact(s) {', '.join(unknown)}; valid: {', '.join(ARTIFACTS)}")
-    needs_runs = [w for w in what if w not in COMPUTED]
-    df = load_runs(opt.results) if needs_runs else None
+    df = load_runs(opt.results) if any(w not in COMPUTED for w in what) else None
+    makers = {
+        "fig-fid-nfe": lambda: fid_nfe(df, opt),
+        "table-time": lambda: table_time(df, opt),
+        "table-formulations": lambda: table_formulations(df, opt),
+        "table-ablation-scale": lambda: table_ablation(df, opt, "scale"),
+        "table-ablation-batch": lambda: table_ablation(df, opt, "batch"),
+        "table-lookahead": lambda: table_lookahead(df, opt),
+        "fig-samples": lambda: samples(df, opt),
+        "table-runs": lambda: table_runs(df, opt),
+        "fig-cosine": lambda: figures.cosine_figure(opt),
+        "fig-trajectory": lambda: figures.trajectory_figure(opt, df=_maybe_runs(opt)),
+    }
     out: list[Path] = []
     for w in what:
-        if w == "fig-fid-nfe":
-            out += fid_nfe(df, opt)
-        elif w == "table-time":
-            out += table_time(df, opt)
-        elif w == "table-formulations":
-            out += table_formulations(df, opt)
-        elif w == "table-ablation-scale":
-            out += table_ablation(df, opt, "scale")
-        elif w == "table-ablation-batch":
-            out += table_ablation(df, opt, "batch")
-        elif w == "table-lookahead":
-            out += table_lookahead(df, opt)
-        elif w == "fig-samples":
-            out += samples(df, opt)
-        elif w == "table-runs":
-            out += table_runs(df, opt)
-        elif w == "fig-cosine":
-            out += figures.cosine_figure(opt)
-        elif w == "fig-trajectory":
-            out += figures.trajectory_figure(opt, df=_maybe_runs(opt))
+        files = makers[w]()
+        for f in files:
+            if f.suffix == ".png":
+                opt.say(f"wrote {f} and {f.with_suffix('.pdf').name}")
+        out += files
     return out
 
 
