@@ -18,15 +18,6 @@ DOCUMENTED_NFE = (5, 10)  # docs/digits.md: the runner's default NFE on digits
 SOLVERS_AT = {"ddim": (5, 10), "dpm3": (5, 10), "ipndm": (5, 10), "heun": (5, 9), "dpmpp3m": (5, 10)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches on a shared 2-core machine: one thread avoids thread hand-off costs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def models():
     return {name: nets.load_digits_model(name) for name in nets.MODELS}

@@ -8,24 +8,12 @@ import torch
 import dode
 import dode.denoisers
 from dode.distill import student_points, teacher_states
-from dode.oracle import GaussianMixture
 from dode.path import FORMS, Correction
 from dode.sampling import solver_grid, trajectory
-from dode.schedules import DiscreteVPSchedule
 from dode.solvers import SOLVERS
+from conftest import mixture_noise as _noise
 
 NFE = {name: (7 if name == "heun" else 6) for name in SOLVERS}
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    gm = GaussianMixture(torch.randn(4, 1, 3, 3), stds=[0.5, 0.6, 0.7, 0.8])
-    return {"edm": gm, "vp": gm.as_vp(DiscreteVPSchedule.linear())}
-
-
-def _noise(n, seed):
-    return torch.randn(n, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("kind", ["edm", "vp"])

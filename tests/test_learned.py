@@ -18,30 +18,11 @@ from dode.learned import (FeatureDistance, FineTargets, MonotoneGrid, fit_iia, f
 from dode.oracle import GaussianMixture
 from dode.path import FORMS, SPACE_OF_FORM, Correction
 from dode.sampling import solver_grid, trajectory
-from dode.schedules import DiscreteVPSchedule
+from conftest import mixture_noise as _noise
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "distill"
 MODERATE = torch.tensor([5.0, 2.0, 1.0, 0.5, 0.25], dtype=torch.float64)  # a well-conditioned grid (S4S recovery)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The oracle is tiny: one intra-op thread is many times faster on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    gm = GaussianMixture(torch.randn(4, 1, 3, 3), stds=[0.5, 0.6, 0.7, 0.8])
-    return {"edm": gm, "vp": gm.as_vp(DiscreteVPSchedule.linear())}
-
-
-def _noise(n, seed):
-    return torch.randn(n, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
 def _rms(a, b):

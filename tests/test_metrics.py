@@ -17,15 +17,6 @@ from dode.data import load_dataset
 from dode.errors import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches on a shared 2-core machine: one thread avoids thread hand-off costs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Every way out of the machine raises (sockets, urllib, clean-fid's download helpers)."""
