@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from . import __version__
+from .denoisers import native_prediction
 from .path import Correction, ModelPath, check_form
 from .sampling import run_solver, solver_grid
 from .schedules import Grid, refine, schedule_of
@@ -172,7 +173,7 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
             for m, v in zip(used, _least_squares(cols, target - a)):
                 theta[m] = v
         correction.theta[k] = theta
-    correction.space = correction.space or ModelPath(denoiser, correction).space
+    correction.space = correction.space or native_prediction(denoiser)
     correction.provenance = {
         "solver": spec.name, "nfe": nfe, "form": form, "grid": grid if isinstance(grid, (str, type(None)))
         else [float(v) for v in sigmas], "sigmas": [float(v) for v in sigmas], "scale": scale,
