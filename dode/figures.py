@@ -1,6 +1,7 @@
 """Figures of :mod:`dode.report` (PNG + PDF, matplotlib's Agg backend).
 
-From runs.csv: metric vs NFE (paper Figs. 3/4), the λ grid search (Fig. 8b/c), sample grids (Fig. 6).
+From runs.csv: metric vs NFE (paper Figs. 3/4), the learned solvers vs NFE (table-learned), the λ
+grid search (Fig. 8b/c), sample grids (Fig. 6).
 Computed with the model through :func:`dode.trajectory`: the cosine similarity of all denoising
 outputs of a 1000-step DDIM run (Fig. 2) and the norm / two pixels of the sample along the
 trajectory of base and D-ODE solvers against 1000-step DDIM (Fig. 5, with a table of distances).
@@ -99,6 +100,45 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
              fontsize=7, va="top")
     return save(fig, stem)
 
+
+
+def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, title: str, caption: str,
+                   ylabel: str, stem: Path) -> list[Path]:
+    """Metric vs NFE of the base solver (dashed), D-ODE, IIA, S4S and S4S-Alt (solid), bars = std over
+    seeds; the model's reference solver as a horizontal line with its ± std band and the line at
+    ``GOAL_RATIO``× it (dotted)."""
+    from .report import GOAL_RATIO, LEARNED_METHODS, method_label
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    vals = list(curves["mean"].astype(float))
+    for i, m in enumerate(LEARNED_METHODS):
+        g = curves[curves["distill"] == m].sort_values("nfe")
+        if g.empty:
+            continue
+        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color="k" if m == "none" else COLORS[(i - 1) % len(COLORS)],
+                    ls="--" if m == "none" else "-", marker="o" if m == "none" else "s", ms=4, lw=1.5, capsize=2,
+                    label=method_label(solver, m))
+    if reference is not None:
+        mean, std, label = reference
+        ax.axhline(mean, color="0.3", lw=1.2, label=f"reference: {label}")
+        if np.isfinite(std):
+            ax.axhspan(mean - std, mean + std, color="0.3", alpha=0.15, lw=0)
+        ax.axhline(GOAL_RATIO * mean, color="0.3", lw=1.0, ls=":", label=f"{GOAL_RATIO:g}× reference")
+        vals += [mean, GOAL_RATIO * mean]
+    _log_y(ax, vals)
+    nfes = [int(n) for n in sorted(curves["nfe"].unique())]
+    ax.set_xticks(nfes)
+    ax.set_xticklabels([str(n) for n in nfes])
+    ax.minorticks_off()
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(_wrap(title, 70), fontsize=10)
+    fig.text(0.01, -0.02, _wrap(caption + ". Dashed: base solver; bars: ± std over seeds; grey: reference ± std.",
+                                120), fontsize=7, va="top")
+    return save(fig, stem)
 
 def lambda_grid(grid: pd.DataFrame, refs: dict, nfes: list[int], ylabel: str, title: str, stem: Path) -> list[Path]:
     """Metric vs the one λ of Fixed-D-DDIM and LA-DDIM per NFE, DDIM and D-DDIM dotted."""

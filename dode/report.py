@@ -16,6 +16,11 @@ Smaller Steps", CVPR 2024):
 ``table-ablation-batch``    Table 3(b): D-DDIM with fit batch B
 ``table-lookahead``         Section 13 (Table 4): DDIM, LA-DDIM and Fixed-D-DDIM (best λ of a grid
                             search, the grid shown), D-DDIM
+``table-learned``           D-ODE next to the learned solvers of IIA (Zhang et al. 2024) and S4S /
+                            S4S-Alt (Frankel et al. 2025) on one base solver, over NFE, with each
+                            method's fit time and each model's reference solver (the "teacher"),
+                            and whether the best learned solver at NFE 5 is within 2× of it; plus a
+                            figure
 ``fig-cosine``              Fig. 2: cosine similarity of all denoising outputs of a 1000-step DDIM
                             run (computed with :func:`dode.trajectory`, not from runs.csv)
 ``fig-trajectory``          Fig. 5: norm of the sample and two pixels along the trajectory, base
@@ -50,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 ARTIFACTS = ("fig-fid-nfe", "table-time", "table-formulations", "table-ablation-scale", "table-ablation-batch",
-             "table-lookahead", "fig-cosine", "fig-trajectory", "fig-samples", "table-runs")
+             "table-lookahead", "table-learned", "fig-cosine", "fig-trajectory", "fig-samples", "table-runs")
 COMPUTED = ("fig-cosine", "fig-trajectory")  # need the model, not runs.csv
 
 # Default checkpoints per dataset (as in mk/paper.mk): (noise-prediction model, data-prediction model).
@@ -70,6 +75,13 @@ SOLVER_LABELS = {"ddim": "DDIM", "euler": "Euler", "heun": "EDM", "ipndm": "iPND
 FORM_SUFFIX = {"dode_sep": "-Sep", "dode_all": "-All", "dode": "", "dode_2": "-2"}
 METRIC_LABELS = {"fd_digits": "FD-digits", "fid50k": "FID", "fid": "FID"}
 TABLE_NFE = (10, 25, 50)
+LEARNED_NFE = (3, 4, 5, 6, 8, 10)
+LEARNED_METHODS = ("none", "dode", "iia", "s4s", "s4s_alt")   # distill configs of table-learned, in order
+# Each model's reference solver in table-learned (solver, NFE): 1000 DDIM steps for noise-prediction
+# models, 200 Heun steps (399 NFE) for data-prediction ones. The goal of the learned solvers on digits:
+# at NFE GOAL_NFE, within GOAL_RATIO× of the reference's metric.
+TEACHERS = {"noise": ("ddim", 1000), "edm": ("heun", 399)}
+GOAL_NFE, GOAL_RATIO = 5, 2.0
 
 # Published numbers (CIFAR-10, noise-prediction DDPM, FID of 50K samples; /work/shared/notes/methods.md
 # and the paper's appendix tables). The paper's Table 1 times, its Table 3 values and the λ of its
@@ -107,7 +119,9 @@ class Options:
     scale: int = 10
     batch: int | None = None
     fit_seed: int = 0
-    nfe: Sequence[int] = TABLE_NFE
+    nfe: Sequence[int] | None = None    # NFE columns (None: TABLE_NFE, table-learned LEARNED_NFE)
+    learned_solver: str = "ddim"        # the base solver of table-learned
+    teachers: dict = field(default_factory=lambda: dict(TEACHERS))
     device: str = "auto"
     threads: int = 1                     # CPU threads of the computed figures (0: torch's default)
     steps: int = 1000                    # the long DDIM run of Figs. 2 and 5
@@ -280,6 +294,10 @@ def method_label(solver: str, distill: str, lam: float | None = None) -> str:
         return f"Fixed-D-{s}"
     if distill == "lookahead":
         return f"LA-{s}"
+    if distill == "iia":
+        return f"IIA-{s}"
+    if distill in ("s4s", "s4s_alt"):
+        return f"{'S4S-Alt' if distill == 's4s_alt' else 'S4S'} ({s})"
     return f"{s} + {distill}"
 
 
@@ -366,6 +384,9 @@ def fid_nfe(df: pd.DataFrame, opt: Options) -> list[Path]:
     for ck in [c for c in (opt.checkpoint, opt.edm_checkpoint) if c]:
         d, info = select(df, opt, ck, scale=opt.scale, batch=opt.batch)
         d = d[d["distill"].isin(["none", "dode"])]
+        # base solver and D-ODE pairs only (a lone base run, e.g. table-learned's reference solver, is no point)
+        paired = d[d["distill"] == "dode"][["solver", "nfe"]].drop_duplicates()
+        d = d.merge(paired, on=["solver", "nfe"])
         if d.empty:
             opt.say(f"fig-fid-nfe: no runs of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; skipped")
             continue
@@ -462,7 +483,7 @@ def table_formulations(df: pd.DataFrame, opt: Options) -> list[Path]:
     if d.empty:
         opt.say(f"table-formulations: no DDIM runs of {opt.dataset}/{ck}; skipped")
         return []
-    nfes = _nfes(d, opt.nfe)
+    nfes = _nfes(d, opt.nfe or TABLE_NFE)
     rows = []
     for dist in PAPER_TABLE2:
         g = d[d["distill"] == dist]
@@ -500,7 +521,7 @@ def table_ablation(df: pd.DataFrame, opt: Options, which: str) -> list[Path]:
     if dode.empty:
         opt.say(f"table-ablation-{which}: no D-DDIM runs of {opt.dataset}/{ck}; skipped")
         return []
-    nfes = _nfes(dode, opt.nfe)
+    nfes = _nfes(dode, opt.nfe or TABLE_NFE)
     T = timesteps_of(ck)
     symbol = "K" if which == "scale" else "B"
     rows, notes, capped = [], [], False
@@ -559,7 +580,7 @@ def table_lookahead(df: pd.DataFrame, opt: Options) -> list[Path]:
     if d.empty:
         opt.say(f"table-lookahead: no DDIM runs of {opt.dataset}/{ck}; skipped")
         return []
-    nfes = _nfes(d, opt.nfe)
+    nfes = _nfes(d, opt.nfe or TABLE_NFE)
     rows, best_rows = [], []
     grid_long = _long(d[d["distill"].isin(["fixed", "lookahead"])], ["distill", "lam", "nfe"]) \
         if d["distill"].isin(["fixed", "lookahead"]).any() else pd.DataFrame(columns=["distill", "lam", "nfe", "mean"])
@@ -612,6 +633,105 @@ def table_lookahead(df: pd.DataFrame, opt: Options) -> list[Path]:
                                    f"Grid search of one λ — {opt.dataset} · {ck} (paper Fig. 8b/c analogue)",
                                    opt.figures / _stem("lookahead-grid", opt, ck))
     return out
+
+
+# ------------------------------------------------------------------------------ learned solvers
+def _teacher_label(solver: str, nfe: int) -> str:
+    steps = (nfe + 1) // 2 if solver == "heun" else nfe
+    return f"{solver_label(solver)}, {steps} steps (NFE {nfe})"
+
+
+def _ratio(value: float, ref: float) -> str:
+    return f"{value / ref:.2f}×" if np.isfinite(value) and np.isfinite(ref) and ref > 0 else "—"
+
+
+def table_learned(df: pd.DataFrame, opt: Options) -> list[Path]:
+    """Base solver, D-ODE, IIA, S4S and S4S-Alt over NFE on each model, with their fit times and the
+    model's reference solver; the best learned method at ``GOAL_NFE`` against ``GOAL_RATIO``× it."""
+    from . import figures
+
+    out = []
+    s = opt.learned_solver
+    for role, ck in (("noise", opt.checkpoint), ("edm", opt.edm_checkpoint)):
+        if not ck:
+            continue
+        d, info = select(df, opt, ck, scale=opt.scale, batch=opt.batch)
+        t_solver, t_nfe = opt.teachers[role]
+        teacher = d[(d["distill"] == "none") & (d["solver"] == t_solver) & (d["nfe"] == t_nfe)]
+        d = d[(d["solver"] == s) & d["distill"].isin(LEARNED_METHODS)]
+        if d.empty:
+            opt.say(f"table-learned: no {s} runs of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; skipped")
+            continue
+        nfes = _nfes(d, opt.nfe or LEARNED_NFE)
+        d = d[d["nfe"].isin(nfes)]
+        methods = [m for m in LEARNED_METHODS if (d["distill"] == m).any()]
+        t_cell, t_mean, t_std, t_n = _cell(teacher)
+        rows, fit_rows, ratio_rows = [], [], []
+        for m in methods:
+            g = d[d["distill"] == m]
+            rows.append([method_label(s, m)] + [_cell(g[g["nfe"] == n])[0] for n in nfes])
+            ratio_rows.append([method_label(s, m)] + [_ratio(_cell(g[g["nfe"] == n])[1], t_mean) for n in nfes])
+            if m != "none":
+                fit_rows.append([method_label(s, m)] + [_fit_seconds(g[g["nfe"] == n]) for n in nfes])
+        if t_n:
+            rows.append([f"reference: {_teacher_label(t_solver, t_nfe)}"] + [t_cell] * len(nfes))
+        notes = [_goal(d, s, t_mean, t_n, info)] if GOAL_NFE in nfes else []
+        stem = _stem("learned", opt, ck)
+        caption = (caption_common(info, d["seed"].unique()) + f"; every method on {solver_label(s)}: the base solver, "
+                   f"D-ODE (K = {opt.scale}), IIA (M = K fine sub-steps per step), S4S and S4S-Alt (teacher Heun, "
+                   f"199 NFE, L2); every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit "
+                   "per cell, so the spread is that of the evaluation seeds. The reference row is one run of the "
+                   "model's reference solver, repeated in each column. Figure: "
+                   f"figures/{stem}.png")
+        tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", ["NFE"] + nfes, rows, caption, notes)]
+        if t_n:
+            tables.append(Table(f"Ratio to the reference ({_teacher_label(t_solver, t_nfe)}: {t_cell})",
+                                ["NFE"] + nfes, ratio_rows, "Mean over seeds divided by the reference's mean."))
+        if fit_rows:
+            tables.append(Table("Fit time [s]", ["NFE"] + nfes, fit_rows,
+                                "`fit_seconds` of the run: D-ODE one teacher and one student run; IIA one student run "
+                                "plus the fine solver from every step; S4S the teacher samples plus Adam through the "
+                                "student; S4S-Alt also the grid searches. Measured on the machine that ran dode-run "
+                                "(results/README.md)."))
+        curves = _long(d, ["distill", "nfe"])
+        curves.insert(0, "method", [method_label(s, x) for x in curves["distill"]])
+        curves["fit_seconds"] = [_fit_value(d[(d["distill"] == r.distill) & (d["nfe"] == r.nfe)])
+                                 for r in curves.itertuples()]
+        reference = pd.DataFrame([{"method": f"reference: {_teacher_label(t_solver, t_nfe)}", "distill": "none",
+                                   "nfe": t_nfe, "mean": t_mean, "std": t_std, "n": t_n,
+                                   "seeds": " ".join(str(int(x)) for x in sorted(teacher["seed"].unique()))}]) \
+            if t_n else pd.DataFrame()
+        out += write_tables(opt, stem, tables, pd.concat([curves, reference], ignore_index=True))
+        out += figures.learned_vs_nfe(curves, s, (t_mean, t_std, _teacher_label(t_solver, t_nfe)) if t_n else None,
+                                      f"{metric_label(info['metric'])} of learned solvers vs NFE — {opt.dataset} · {ck}",
+                                      caption_common(info, d["seed"].unique()), metric_label(info["metric"]),
+                                      opt.figures / stem)
+    return out
+
+
+def _fit_value(g: pd.DataFrame) -> float:
+    v = g["fit_seconds"].astype(float).dropna()
+    return float(v.iloc[0]) if len(v) else float("nan")
+
+
+def _fit_seconds(g: pd.DataFrame) -> str:
+    v = _fit_value(g)
+    return f"{v:.1f}" if np.isfinite(v) else "—"
+
+
+def _goal(d: pd.DataFrame, solver: str, t_mean: float, t_n: int, info: dict) -> str:
+    """The goal line: the best learned method at GOAL_NFE against GOAL_RATIO × the reference."""
+    at = d[(d["nfe"] == GOAL_NFE) & (d["distill"] != "none")]
+    means = {m: stats(g["value"].astype(float))[0] for m, g in at.groupby("distill")}
+    means = {m: v for m, v in means.items() if np.isfinite(v)}
+    if not means or not t_n:
+        return f"Goal (best learned solver at NFE {GOAL_NFE} within {GOAL_RATIO:g}× the reference): not measured."
+    best = min(means, key=means.get)
+    ratio = means[best] / t_mean
+    verdict = "met" if ratio <= GOAL_RATIO else "not met"
+    return (f"Goal (best learned solver at NFE {GOAL_NFE} within {GOAL_RATIO:g}× the reference's "
+            f"{metric_label(info.get('metric'))}): **{verdict}** — {method_label(solver, best)} "
+            f"{means[best]:.2f} vs reference {t_mean:.2f}, ratio {ratio:.2f}.")
 
 
 # ------------------------------------------------------------------------------------------ Fig. 6
@@ -690,6 +810,7 @@ def render(what: Sequence[str], opt: Options) -> list[Path]:
         "table-ablation-scale": lambda: table_ablation(df, opt, "scale"),
         "table-ablation-batch": lambda: table_ablation(df, opt, "batch"),
         "table-lookahead": lambda: table_lookahead(df, opt),
+        "table-learned": lambda: table_learned(df, opt),
         "fig-samples": lambda: samples(df, opt),
         "table-runs": lambda: table_runs(df, opt),
         "fig-cosine": lambda: figures.cosine_figure(opt),
@@ -716,6 +837,13 @@ def _ints(s: str) -> tuple[int, ...]:
     return tuple(int(x) for x in str(s).replace(",", " ").split())
 
 
+def _solver_nfe(s: str) -> tuple[str, int]:
+    solver, sep, nfe = str(s).partition(":")
+    if not sep or not solver or not nfe.isdigit():
+        raise argparse.ArgumentTypeError(f"expected SOLVER:NFE (e.g. heun:399), got {s!r}")
+    return solver, int(nfe)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m dode.report",
@@ -734,7 +862,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=int, default=10, help="K of the main tables (default 10)")
     p.add_argument("--batch", type=int, default=None, help="B of the main tables (default 100; LSUN 25)")
     p.add_argument("--fit-seed", type=int, default=0, help="λ fit seed of the main tables (default 0)")
-    p.add_argument("--nfe", type=_ints, default=TABLE_NFE, help="NFE columns of Tables 2–4 (default 10,25,50)")
+    p.add_argument("--nfe", type=_ints, default=None, help="NFE columns of Tables 2–4 (default 10,25,50) and of "
+                   "table-learned (default 3,4,5,6,8,10)")
+    p.add_argument("--learned-solver", default="ddim", help="base solver of table-learned (default ddim)")
+    p.add_argument("--teacher-noise", type=_solver_nfe, default=TEACHERS["noise"],
+                   help="reference solver of the noise-prediction model in table-learned, SOLVER:NFE (default ddim:1000)")
+    p.add_argument("--teacher-edm", type=_solver_nfe, default=TEACHERS["edm"],
+                   help="reference solver of the data-prediction model in table-learned, SOLVER:NFE (default heun:399)")
     p.add_argument("--device", default="auto", help="device of the computed figures (auto: cuda if present)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of the computed figures (default 1; "
                    "0: torch's default)")
@@ -753,7 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt = Options(results=a.results, dataset=a.dataset, checkpoint=a.checkpoint, edm_checkpoint=a.edm_checkpoint,
                   tables=a.tables, figures=a.figures, metric=a.metric, num_samples=a.num_samples, scale=a.scale,
                   batch=a.batch, fit_seed=a.fit_seed, nfe=a.nfe, device=a.device, threads=a.threads, steps=a.steps,
-                  trajectory_nfe=a.trajectory_nfe, quiet=a.quiet,
+                  trajectory_nfe=a.trajectory_nfe, quiet=a.quiet, learned_solver=a.learned_solver,
+                  teachers={"noise": a.teacher_noise, "edm": a.teacher_edm},
                   samples_nfe={"ddim": a.samples_nfe, "euler": a.samples_nfe, "heun": a.samples_nfe_heun})
     try:
         files = render(a.what or list(ARTIFACTS), opt)

@@ -7,6 +7,7 @@
 #
 #   make paper                                    # everything, on the embedded digits models (CPU)
 #   make table-formulations                       # one table
+#   make table-learned                            # D-ODE vs IIA, S4S, S4S-Alt and the teacher
 #   make fig-fid-nfe DATASET=cifar10              # the paper's settings on a real checkpoint
 #   make fig-fid-nfe DATASET=cifar10 CHECKPOINT=ddpm-cifar10 EDM_CHECKPOINT=edm-cifar10-32x32-uncond-vp
 #
@@ -73,6 +74,15 @@ SCALES ?= 5,10,20
 SCALES_K30 ?= 30
 NFES_TABLE_K30 ?= 10,25
 BATCHES ?= 5,10,50,100
+# table-learned: D-ODE and the learned solvers of IIA and S4S on one base solver, and each model's
+# reference solver ("teacher" of the table: SOLVER:NFE; 200 Heun steps spend 399 NFE).
+NFES_LEARNED ?= 3,4,5,6,8,10
+LEARNED_SOLVER ?= ddim
+LEARNED ?= dode,iia,s4s,s4s_alt
+TEACHER_NOISE ?= ddim:1000
+TEACHER_EDM ?= heun:399
+LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teacher-noise $(TEACHER_NOISE) \
+	--teacher-edm $(TEACHER_EDM)
 
 comma := ,
 RUN = $(DODE_RUN) -m dataset=$(DATASET) results_dir=$(RESULTS) progress=false $(if $(SAMPLES),num_samples=$(SAMPLES))
@@ -82,7 +92,8 @@ REPORT = $(PYTHON) -m dode.report --results $(RESULTS) --dataset $(DATASET) \
 
 .PHONY: paper paper-runs fig-fid-nfe table-time table-formulations table-ablation-scale \
 	table-ablation-batch table-lookahead fig-cosine fig-trajectory fig-samples \
-	runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples
+	runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples \
+	table-learned runs-learned
 
 # ---------------------------------------------------------------------------------------- sweeps
 # Fig. 3 (noise prediction: DDIM, iPNDM, DPM-Solver-3, DEIS-3) and Fig. 4 (data prediction: DDIM
@@ -132,7 +143,21 @@ else ifneq ($(CHECKPOINT),)
 	$(RUN) 'seeds=[0]' checkpoint=$(CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
 endif
 
-paper-runs: runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples
+# Learned solvers (IIA, S4S, S4S-Alt) next to D-ODE and the base solver over NFE, on both models, and
+# each model's reference solver once (digits-ddpm: 1000 DDIM steps; digits-edm: 200 Heun steps).
+teacher_args = solver=$(word 1,$(subst :, ,$(1))) nfe=$(word 2,$(subst :, ,$(1))) distill=none
+runs-learned:
+ifneq ($(CHECKPOINT),)
+	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) $(call teacher_args,$(TEACHER_NOISE))
+endif
+ifneq ($(EDM_CHECKPOINT),)
+	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) $(call teacher_args,$(TEACHER_EDM))
+endif
+
+paper-runs: runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples \
+	runs-learned
 
 # ---------------------------------------------------------------------------------------- render
 fig-fid-nfe: runs-fid-nfe
@@ -147,6 +172,8 @@ table-ablation-batch: runs-ablation-batch
 	$(REPORT) table-ablation-batch
 table-lookahead: runs-lookahead
 	$(REPORT) table-lookahead
+table-learned: runs-learned
+	$(REPORT) table-learned $(LEARNED_REPORT)
 # Figs. 2 and 5 are computed directly (dode.trajectory, a 1000-step DDIM run), not from runs.csv.
 fig-cosine:
 	$(REPORT) fig-cosine
@@ -156,5 +183,5 @@ fig-samples: runs-samples
 	$(REPORT) fig-samples --samples-nfe $(NFES_SAMPLES_EULER) --samples-nfe-heun $(NFES_SAMPLES_HEUN)
 
 paper: fig-fid-nfe table-time table-formulations table-ablation-scale table-ablation-batch table-lookahead \
-	fig-cosine fig-trajectory fig-samples
+	fig-cosine fig-trajectory fig-samples table-learned
 	$(REPORT) table-runs

@@ -30,10 +30,16 @@ COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch"
 
 
 # ----------------------------------------------------------------------------------- synthetic runs
+REFERENCE_VALUE = {1000: 5.0, 399: 10.0}
+
+
 def value_of(solver, distill, nfe, seed, scale=10, batch=100, lam=None, fit_seed=0):
     """A known value per row: base 100/nfe·10, D-ODE lower, seeds ±1 around the mean."""
+    if nfe in REFERENCE_VALUE:  # the models' reference solvers (ddim 1000, heun 399)
+        return REFERENCE_VALUE[nfe] + (seed - 1)
     base = {"ddim": 200.0, "ipndm": 150.0, "heun": 300.0}[solver] / nfe
-    off = {"none": 0.0, "dode": -0.3 * base, "dode_sep": 50.0, "dode_all": 80.0, "dode_2": 1.0}.get(distill, 0.0)
+    off = {"none": 0.0, "dode": -0.3 * base, "dode_sep": 50.0, "dode_all": 80.0, "dode_2": 1.0, "iia": -0.2 * base,
+           "s4s": -0.5 * base, "s4s_alt": -0.7 * base}.get(distill, 0.0)
     if distill in ("fixed", "lookahead"):
         off = abs(lam - (0.5 if distill == "fixed" else 1.0)) * 3 - (2 if distill == "fixed" else 1)
     if distill == "dode":
@@ -85,6 +91,14 @@ def make_results(root: Path, num_samples: int = 500) -> Path:
     for nfe in (10, 25):
         for s in (0, 1, 2):
             add("digits-ddpm", "ddim", "dode", nfe, seeds=(s,), scale=30, fit_seed=s, paired=True)
+    # table-learned: DDIM and its learned variants on both models, and each model's reference solver
+    for ck in ("digits-ddpm", "digits-edm"):
+        for nfe in (3, 5, 10):
+            for dist in ("none", "dode", "iia", "s4s", "s4s_alt"):
+                if ck == "digits-edm" or dist not in ("none", "dode"):
+                    add(ck, "ddim", dist, nfe)
+    add("digits-ddpm", "ddim", "none", 1000)
+    add("digits-edm", "heun", "none", 399)
     # a smoke run with another num_samples must never mix in
     add("digits-ddpm", "ddim", "none", 10, seeds=(0,), n=50)
     for nfe in (3, 5, 11):
@@ -284,6 +298,44 @@ def test_fig_fid_nfe_and_its_table(results):
     assert ("iPNDM / D-iPNDM", "50") in by
 
 
+def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
+    opt = options(results)
+    files = report.render(["table-learned"], opt)
+    for ck, ref, verdict in (("digits-ddpm", 5.0, "not met"), ("digits-edm", 10.0, "met")):
+        md = opt.tables / f"learned-digits-{ck}.md"
+        png = opt.figures / f"learned-digits-{ck}.png"
+        assert md in files and png in files and png.stat().st_size > 1000
+        rows = md_rows(md, "Learned solvers")
+        assert rows["__header__"] == ["NFE", "3", "5", "10"]  # only the NFE that were run, in order
+        assert list(rows)[1:] == ["DDIM", "D-DDIM", "IIA-DDIM", "S4S (DDIM)", "S4S-Alt (DDIM)",
+                                  f"reference: {'DDIM, 1000 steps (NFE 1000)' if ref == 5.0 else 'EDM, 200 steps (NFE 399)'}"]
+        for label, dist in (("DDIM", "none"), ("IIA-DDIM", "iia"), ("S4S-Alt (DDIM)", "s4s_alt")):
+            assert rows[label] == [pm(np.mean([value_of("ddim", dist, n, s) for s in (0, 1, 2)]), 1.0)
+                                   for n in (3, 5, 10)]
+        assert set(list(rows.values())[-1]) == {pm(ref, 1.0)}
+        ratio = md_rows(md, "Ratio to the reference")
+        assert ratio["S4S (DDIM)"][1] == f"{(40.0 - 20.0) / ref:.2f}×"
+        fit = md_rows(md, "Fit time")
+        assert "DDIM" not in fit and fit["S4S (DDIM)"] == ["2.3", "2.5", "3.0"]  # 2 + nfe/10 in the fixture
+        best = 40.0 - 28.0  # S4S-Alt at NFE 5
+        assert (f"**{verdict}** — S4S-Alt (DDIM) {best:.2f} vs reference {ref:.2f}, ratio {best / ref:.2f}"
+                in md.read_text())
+        csv = pd.read_csv(opt.tables / f"learned-digits-{ck}.csv")
+        assert len(csv) == 5 * 3 + 1 and csv["mean"].iloc[-1] == pytest.approx(ref)
+        assert csv[(csv["distill"] == "s4s") & (csv["nfe"] == 5)]["fit_seconds"].item() == pytest.approx(2.5)
+
+
+def test_table_learned_needs_valid_teachers(results, capsys):
+    with pytest.raises(SystemExit):
+        report.parser().parse_args(["table-learned", "--teacher-edm", "heun"])
+    assert "expected SOLVER:NFE" in capsys.readouterr().err
+    opt = options(results, teachers={"noise": ("ddim", 999), "edm": ("heun", 399)}, nfe=(5,))
+    report.render(["table-learned"], opt)
+    text = (opt.tables / "learned-digits-digits-ddpm.md").read_text()
+    assert "reference:" not in text and "not measured" in text  # no run of that reference: said so, not guessed
+    assert md_rows(opt.tables / "learned-digits-digits-ddpm.md", "Learned")["__header__"] == ["NFE", "5"]
+
+
 def test_fig_samples_reads_shards(results):
     opt = options(results)
     opt.samples_nfe = {"heun": (3, 5, 11)}
@@ -355,7 +407,7 @@ def test_trajectory_data_reference_passes_through_student_grid():
 
 # ------------------------------------------------------------------------------------- make targets
 TARGETS = ["fig-fid-nfe", "table-time", "table-formulations", "table-ablation-scale", "table-ablation-batch",
-           "table-lookahead", "fig-cosine", "fig-trajectory", "fig-samples", "paper"]
+           "table-lookahead", "table-learned", "fig-cosine", "fig-trajectory", "fig-samples", "paper"]
 
 
 def make_commands(target: str, *args: str) -> list[list[str]]:
