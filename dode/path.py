@@ -86,6 +86,12 @@ FORMS: dict[str, tuple[float, Features]] = {
 }
 SPACE_OF_FORM: dict[str, str] = {"lookahead": "x0",  # forms whose space does not follow the model
                                  "iia": "x0", "biia": "x0", "s4s": "x0", "s4s2": "x0", "s4s4": "x0"}
+# Forms whose history holds the outputs of each step's first stage only, so the corrector stage of
+# Heun (its D' at σ_{i+1}) is never the "previous output" of the next step: IIA-EDM pairs the Euler
+# stage with the past gradient, S4S's predictor weighs past predictor outputs. The D-ODE family
+# pairs every stage with the stage before it, the next Euler stage with the previous corrector
+# (methods.md, D-EDM: λ on the Euler stage with D_i − D_prev and on the corrector with D' − D_i).
+PREDICTOR_HISTORY = frozenset({"iia", "biia", "s4s", "s4s2", "s4s4"})
 
 
 def check_form(form: str) -> str:
@@ -190,12 +196,11 @@ class ModelPath:
         """Evaluate and correct: for solvers that feed the raw output forward."""
         return self.correct(x, sigma, self.denoise(x, sigma))
 
-    def correct(self, x: Tensor, sigma: float, d_hat: Tensor, remember: bool = True) -> Tensor:
+    def correct(self, x: Tensor, sigma: float, d_hat: Tensor, corrector: bool = False) -> Tensor:
         """The hook: the solver's estimate ``d_hat`` (x0 form) at evaluation k → corrected estimate.
 
-        ``remember=False`` keeps this estimate out of the history, so the next evaluation's
-        "previous output" stays the one before (Heun's corrector: the next Euler stage pairs with
-        the previous step's Euler-stage output, not with an output at its own σ)."""
+        ``corrector=True`` marks a corrector stage (Heun's D'): its estimate joins the history — is
+        the next evaluation's "previous output" — except for the forms of ``PREDICTOR_HISTORY``."""
         k = self.nfe - 1
         if k == self._corrected or k < 0:
             raise RuntimeError("a solver must call correct() exactly once after each denoise()")
@@ -214,6 +219,6 @@ class ModelPath:
             if g is None or _is_zero(th):
                 continue
             delta = th * g if delta is None else delta + th * g
-        if remember:
+        if not (corrector and self.correction.form in PREDICTOR_HISTORY):
             self.history = (self.history + [cur])[-keep:] if keep != math.inf else self.history + [cur]
         return d_hat if delta is None else d_hat + delta

@@ -138,14 +138,15 @@ SOLVERS["euler"] = Solver("euler", ddim, one_per_step, "euler", 1)  # EDM's Eule
 @register("heun", teacher="heun", order=2, plan=heun_plan)
 def heun(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
     """EDM Heun (Karras et al. 2022, Alg. 1): Euler predictor, trapezoidal corrector. Order 2.
-    D-EDM: λ on the Euler stage with D_i − D_{i−1}, on the corrector with D' − D_i."""
+    D-EDM: λ on the Euler stage with D_i − D'_{i−1} (the previous step's corrector output), on the
+    corrector with D'_i − D_i (IIA/S4S forms: the Euler stage pairs with D_{i−1}, see PREDICTOR_HISTORY)."""
     for (s, t), n in zip(_pairs(sigmas), stages):
         d = path(x, s)
         x_euler = ddim_step(x, d, s, t)
         if n == 1:
             x = x_euler
             continue
-        d2 = path.correct(x_euler, t, path.denoise(x_euler, t), remember=False)
+        d2 = path.correct(x_euler, t, path.denoise(x_euler, t), corrector=True)
         x = x + (t - s) * 0.5 * (_eps(x, d, s) + _eps(x_euler, d2, t))
     return x
 

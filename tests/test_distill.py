@@ -132,3 +132,51 @@ def test_sampling_builds_no_graph_unless_parameters_ask_for_gradients():
     out = dode.sample(model, noise, "heun", 5, Correction("dode", [[theta]] * 5))
     out.square().sum().backward()
     assert theta.grad is not None and theta.grad.abs() > 0
+
+
+def _heun_by_hand(model, noise, sig, theta, previous_of_euler):
+    """Heun (2 steps + Euler into 0) with x0 corrections θ_k·(D_k − D_prev), written out by hand;
+    ``previous_of_euler(d, d_corr)`` picks the output the next Euler stage pairs with."""
+    def den(x, s):
+        return model(x, torch.full((x.shape[0],), s, dtype=torch.float64))
+
+    x, prev, k = noise * float(sig[0]), None, 0
+    for i in range(len(sig) - 1):
+        s, t = float(sig[i]), float(sig[i + 1])
+        d = den(x, s)
+        dt = d if prev is None else d + theta[k] * (d - prev)
+        k += 1
+        xe = x + (t - s) * (x - dt) / s
+        if t == 0:
+            return xe
+        d2 = den(xe, t)
+        d2t = d2 + theta[k] * (d2 - d)
+        k += 1
+        x = x + (t - s) * 0.5 * ((x - dt) / s + (xe - d2t) / t)
+        prev = previous_of_euler(d, d2)
+
+
+def test_d_edm_pairs_each_heun_stage_with_the_stage_before(models):
+    """D-EDM (methods.md): the Euler stage pairs with the previous step's corrector output D'_{i−1},
+    the corrector with D'_i − D_i — checked against Heun written out by hand."""
+    model, noise = models["edm"], _noise(5, 3)
+    _, sig, _ = solver_grid(model, "heun", 5)
+    theta = [0.0, -0.4, 0.7, 0.3, -0.2]
+    want = _heun_by_hand(model, noise, sig, theta, lambda d, d2: d2)
+    got = dode.sample(model, noise, "heun", 5, Correction("dode", [[v] for v in theta]))
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    past_euler = _heun_by_hand(model, noise, sig, theta, lambda d, d2: d)
+    assert (got - past_euler).abs().max() > 1e-3  # the pairing matters
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_corrector_outputs_join_the_history_except_for_predictor_history_forms(models, form):
+    """IIA-EDM and S4S pair the next Euler stage with the past Euler stage (PREDICTOR_HISTORY)."""
+    model, noise = models["edm"], _noise(3, 4)
+    _, calls = trajectory(model, noise, "heun", 5)
+    path = dode.path.ModelPath(model, Correction(form))
+    for j, (s, x, d) in enumerate(calls[:2]):  # step 0: Euler stage, corrector
+        path.denoise(x, s)
+        path.correct(x, s, d, corrector=(j == 1))
+    want = calls[0][2] if form in dode.path.PREDICTOR_HISTORY else calls[1][2]
+    torch.testing.assert_close(path.history[-1].d, want)
