@@ -76,7 +76,9 @@ FORM_SUFFIX = {"dode_sep": "-Sep", "dode_all": "-All", "dode": "", "dode_2": "-2
 METRIC_LABELS = {"fd_digits": "FD-digits", "fid50k": "FID", "fid": "FID"}
 TABLE_NFE = (10, 25, 50)
 LEARNED_NFE = (3, 4, 5, 6, 8, 10)
-LEARNED_METHODS = ("none", "dode", "iia", "s4s", "s4s_alt")   # distill configs of table-learned, in order
+LEARNED_METHODS = ("none", "dode", "iia", "s4s", "s4s_fd", "s4s_alt", "s4s_alt_fd")  # table-learned's rows
+LEARNED_LABELS = {"iia": "IIA-{s}", "s4s": "S4S ({s})", "s4s_fd": "S4S ({s}, features)", "s4s_alt": "S4S-Alt ({s})",
+                  "s4s_alt_fd": "S4S-Alt ({s}, features)"}
 # Each model's reference solver in table-learned (solver, NFE): 1000 DDIM steps for noise-prediction
 # models, 200 Heun steps (399 NFE) for data-prediction ones. The goal of the learned solvers on digits:
 # at NFE GOAL_NFE, within GOAL_RATIO× of the reference's metric.
@@ -294,10 +296,8 @@ def method_label(solver: str, distill: str, lam: float | None = None) -> str:
         return f"Fixed-D-{s}"
     if distill == "lookahead":
         return f"LA-{s}"
-    if distill == "iia":
-        return f"IIA-{s}"
-    if distill in ("s4s", "s4s_alt"):
-        return f"{'S4S-Alt' if distill == 's4s_alt' else 'S4S'} ({s})"
+    if distill in LEARNED_LABELS:
+        return LEARNED_LABELS[distill].format(s=s)
     return f"{s} + {distill}"
 
 
@@ -679,7 +679,8 @@ def table_learned(df: pd.DataFrame, opt: Options) -> list[Path]:
         stem = _stem("learned", opt, ck)
         caption = (caption_common(info, d["seed"].unique()) + f"; every method on {solver_label(s)}: the base solver, "
                    f"D-ODE (K = {opt.scale}), IIA (M = K fine sub-steps per step), S4S and S4S-Alt (teacher Heun, "
-                   f"199 NFE, L2); every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit "
+                   "199 NFE; distance L2, or \"features\": the digits classifier's features, the network of "
+                   f"FD-digits); every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit "
                    "per cell, so the spread is that of the evaluation seeds. The reference row is one run of the "
                    "model's reference solver, repeated in each column. Figure: "
                    f"figures/{stem}.png")

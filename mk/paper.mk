@@ -78,7 +78,12 @@ BATCHES ?= 5,10,50,100
 # reference solver ("teacher" of the table: SOLVER:NFE; 200 Heun steps spend 399 NFE).
 NFES_LEARNED ?= 3,4,5,6,8,10
 LEARNED_SOLVER ?= ddim
+# S4S with the digits classifier's feature distance (s4s_fd, s4s_alt_fd) only where that network fits
+ifeq ($(DATASET),digits)
+LEARNED ?= dode,iia,s4s,s4s_fd,s4s_alt,s4s_alt_fd
+else
 LEARNED ?= dode,iia,s4s,s4s_alt
+endif
 TEACHER_NOISE ?= ddim:1000
 TEACHER_EDM ?= heun:399
 LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teacher-noise $(TEACHER_NOISE) \

@@ -39,7 +39,7 @@ def value_of(solver, distill, nfe, seed, scale=10, batch=100, lam=None, fit_seed
         return REFERENCE_VALUE[nfe] + (seed - 1)
     base = {"ddim": 200.0, "ipndm": 150.0, "heun": 300.0}[solver] / nfe
     off = {"none": 0.0, "dode": -0.3 * base, "dode_sep": 50.0, "dode_all": 80.0, "dode_2": 1.0, "iia": -0.2 * base,
-           "s4s": -0.5 * base, "s4s_alt": -0.7 * base}.get(distill, 0.0)
+           "s4s": -0.5 * base, "s4s_fd": -0.6 * base, "s4s_alt": -0.7 * base}.get(distill, 0.0)
     if distill in ("fixed", "lookahead"):
         off = abs(lam - (0.5 if distill == "fixed" else 1.0)) * 3 - (2 if distill == "fixed" else 1)
     if distill == "dode":
@@ -94,7 +94,7 @@ def make_results(root: Path, num_samples: int = 500) -> Path:
     # table-learned: DDIM and its learned variants on both models, and each model's reference solver
     for ck in ("digits-ddpm", "digits-edm"):
         for nfe in (3, 5, 10):
-            for dist in ("none", "dode", "iia", "s4s", "s4s_alt"):
+            for dist in ("none", "dode", "iia", "s4s", "s4s_fd", "s4s_alt"):  # no s4s_alt_fd: its row is left out
                 if ck == "digits-edm" or dist not in ("none", "dode"):
                     add(ck, "ddim", dist, nfe)
     add("digits-ddpm", "ddim", "none", 1000)
@@ -307,7 +307,7 @@ def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
         assert md in files and png in files and png.stat().st_size > 1000
         rows = md_rows(md, "Learned solvers")
         assert rows["__header__"] == ["NFE", "3", "5", "10"]  # only the NFE that were run, in order
-        assert list(rows)[1:] == ["DDIM", "D-DDIM", "IIA-DDIM", "S4S (DDIM)", "S4S-Alt (DDIM)",
+        assert list(rows)[1:] == ["DDIM", "D-DDIM", "IIA-DDIM", "S4S (DDIM)", "S4S (DDIM, features)", "S4S-Alt (DDIM)",
                                   f"reference: {'DDIM, 1000 steps (NFE 1000)' if ref == 5.0 else 'EDM, 200 steps (NFE 399)'}"]
         for label, dist in (("DDIM", "none"), ("IIA-DDIM", "iia"), ("S4S-Alt (DDIM)", "s4s_alt")):
             assert rows[label] == [pm(np.mean([value_of("ddim", dist, n, s) for s in (0, 1, 2)]), 1.0)
@@ -321,7 +321,7 @@ def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
         assert (f"**{verdict}** — S4S-Alt (DDIM) {best:.2f} vs reference {ref:.2f}, ratio {best / ref:.2f}"
                 in md.read_text())
         csv = pd.read_csv(opt.tables / f"learned-digits-{ck}.csv")
-        assert len(csv) == 5 * 3 + 1 and csv["mean"].iloc[-1] == pytest.approx(ref)
+        assert len(csv) == 6 * 3 + 1 and csv["mean"].iloc[-1] == pytest.approx(ref)
         assert csv[(csv["distill"] == "s4s") & (csv["nfe"] == 5)]["fit_seconds"].item() == pytest.approx(2.5)
 
 
