@@ -8,7 +8,8 @@ Run folders are derived from the config, never from the clock::
 
     <results_dir>/runs.csv                                   one row per (point, seed, metric)
     <results_dir>/<dataset>/<checkpoint>/<solver>-nfe<N>-<distill>[-K<K>-B<B>]-<hash8>/
-        run.json          the point and the hashed spec (what determines the images)
+        run.json          the point, the hashed spec (what determines the images) and the sha256 of the
+                          model's weights (a folder made with other weights is refused, not reused)
         run.log           a concise log of every stage
         lambdas.json      the fitted correction with provenance (shared by all evaluation seeds)
         seed-<s>/samples/shard-<start>-<stop>.npz   uint8 images (N, H, W, C) + their sample indices
@@ -757,24 +758,54 @@ def execute(ctx, job: dict) -> list[dict]:
 
 def _execute(ctx, job: dict) -> list[dict]:
     rows: list[dict] = []
-    models: dict[str, Any] = {}
-
+    models: dict[str, tuple[Any, str | None]] = {}
 
     def model(point):
         key = json.dumps(point["checkpoint"], sort_keys=True, default=str)
         if key not in models:
             models.clear()
-            models[key] = load_denoiser(point, ctx.device)
+            den = load_denoiser(point, ctx.device)
+            models[key] = (den, weights_digest(den))
         return models[key]
 
-    for point in job["points"]:  # every impossible configuration fails before any work starts
-        check_with_model(point, model(point))
+    for point in job["points"]:  # every impossible configuration fails before any work starts, on every rank
+        den, weights = model(point)
+        check_with_model(point, den)
+        check_weights(run_dir(point), weights, point)
     for point in job["points"]:
-        rows += run_point(point, model(point), ctx)
+        den, weights = model(point)
+        rows += run_point(point, den, ctx, weights)
     return rows
 
 
-def run_point(point: dict, denoiser, ctx) -> list[dict]:
+def weights_digest(denoiser) -> str | None:
+    """sha256 of the model's weights (every state-dict entry: name, dtype, shape, bytes), or None
+    for a model without any (not an ``nn.Module``, or one holding no tensors). Run folders are named after the config; this digest,
+    kept in run.json, tells whether the checkpoint file behind the name has changed since."""
+    state = denoiser.state_dict() if isinstance(denoiser, torch.nn.Module) else {}
+    if not state:
+        return None
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def check_weights(folder: Path, weights: str | None, point: dict) -> None:
+    """A run folder made with other weights under the same checkpoint name is never reused."""
+    before = (read_json(folder / "run.json") or {}).get("weights_sha256")
+    if before and weights and before != weights:
+        raise UserError(f"{folder} was made with other weights of checkpoint {point['choices']['checkpoint']!r} "
+                        f"(sha256 {before[:12]}… then, {weights[:12]}… now): its fit, samples and metrics belong "
+                        "to the old model. Move or delete that folder to recompute with the current weights; "
+                        "nothing was changed.")
+
+
+def run_point(point: dict, denoiser, ctx, weights: str | None = None) -> list[dict]:
+    """Fit, generate and score one point in its run folder (resumable); ``weights``: the model's
+    :func:`weights_digest`, checked against and recorded in run.json."""
     folder = run_dir(point)
     folder.mkdir(parents=True, exist_ok=True)
     rlog = RunLog(folder, ctx.rank)
@@ -783,7 +814,7 @@ def run_point(point: dict, denoiser, ctx) -> list[dict]:
     rows = []
     with lock:
         if ctx.main:
-            info = {"spec": run_spec(point), "point": point}
+            info = {"spec": run_spec(point), "point": point, "weights_sha256": weights}
             if read_json(folder / "run.json") != json.loads(json.dumps(info, default=str)):
                 write_json(folder / "run.json", info)
             rlog(f"start ({ctx.world} process{'es' if ctx.world > 1 else ''}, device {ctx.device})", console=False)

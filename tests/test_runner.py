@@ -36,7 +36,8 @@ def oracle(vp: bool = True, res: int = 4):
     from dode.oracle import GaussianMixture
 
     g = torch.Generator().manual_seed(0)
-    mix = GaussianMixture(torch.rand(3, 1, res, res, generator=g) * 1.6 - 0.8, stds=[0.1, 0.2, 0.15])
+    shift = float(os.environ.get("DODE_TEST_SHIFT", 0))  # "retrained" weights under the same name
+    mix = GaussianMixture(torch.rand(3, 1, res, res, generator=g) * 1.6 - 0.8 + shift, stds=[0.1, 0.2, 0.15])
     den = mix.as_vp() if vp else mix
     delay = float(os.environ.get("DODE_TEST_DELAY", 0))
     if delay:
@@ -262,6 +263,25 @@ def test_run_folders_follow_the_config(tmp_path):
     moved = _point_cfg(tmp_path)
     moved["checkpoint"] = {**moved["checkpoint"], "path": "/elsewhere/model.pt", "label": "x"}
     assert ex.run_dir(ex.build_points(moved, _CHOICES)[1]) == ex.run_dir(dode)  # file location is not identity
+
+
+def test_run_folder_of_other_weights_is_refused_not_reused(test_conf, tmp_path, capsys, monkeypatch):
+    args = ("checkpoint=test-oracle-edm", "nfe=[3]", "seeds=[0]", "distill=none")
+    assert dode_run(test_conf, tmp_path, *args) == 0
+    (folder,) = [p.parent for p in tmp_path.rglob("run.json")]
+    recorded = ex.read_json(folder / "run.json")["weights_sha256"]
+    assert recorded == ex.weights_digest(oracle(vp=False)) and ex.weights_digest(oracle()) is None  # no tensors
+    before = shards(tmp_path)
+    monkeypatch.setenv("DODE_TEST_SHIFT", "0.05")
+    assert ex.weights_digest(oracle(vp=False)) != recorded
+    capsys.readouterr()
+    assert dode_run(test_conf, tmp_path, *args) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} was made with other weights of checkpoint 'test-oracle-edm'" in err
+    assert f"sha256 {recorded[:12]}" in err and "Move or delete that folder" in err and "Traceback" not in err
+    assert shards(tmp_path) == before and ex.read_json(folder / "run.json")["weights_sha256"] == recorded
+    monkeypatch.delenv("DODE_TEST_SHIFT")
+    assert dode_run(test_conf, tmp_path, *args) == 0 and shards(tmp_path) == before
 
 
 def test_seed_streams_are_per_sample_and_disjoint():
