@@ -104,8 +104,8 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
 
 def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, title: str, caption: str,
                    ylabel: str, stem: Path) -> list[Path]:
-    """Metric vs NFE of the base solver (dashed), D-ODE, IIA, S4S and S4S-Alt (solid), bars = std over
-    seeds; the model's reference solver as a horizontal line with its ± std band and the line at
+    """Metric vs NFE of the base solver (dashed), D-ODE, IIA, S4S and S4S-Alt (solid; dash-dotted with
+    the feature distance), bars = std over seeds; the model's reference solver as a horizontal line with its ± std band and the line at
     ``GOAL_RATIO``× it (dotted)."""
     from .report import GOAL_RATIO, LEARNED_METHODS, method_label
 
@@ -117,7 +117,8 @@ def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, t
         if g.empty:
             continue
         ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color="k" if m == "none" else COLORS[(i - 1) % len(COLORS)],
-                    ls="--" if m == "none" else "-", marker="o" if m == "none" else "s", ms=4, lw=1.5, capsize=2,
+                    ls="--" if m == "none" else "-." if m.endswith("_fd") else "-", marker="o" if m == "none" else "s",
+                    ms=4, lw=1.5, capsize=2,
                     label=method_label(solver, m))
     if reference is not None:
         mean, std, label = reference
@@ -136,9 +137,10 @@ def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, t
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)
     ax.set_title(_wrap(title, 70), fontsize=10)
-    fig.text(0.01, -0.02, _wrap(caption + ". Dashed: base solver; bars: ± std over seeds; grey: reference ± std.",
-                                120), fontsize=7, va="top")
+    note = ". Dashed: base solver; dash-dotted: S4S with the feature distance; bars: ± std over seeds; grey: reference ± std."
+    fig.text(0.01, -0.02, _wrap(caption + note, 120), fontsize=7, va="top")
     return save(fig, stem)
+
 
 def lambda_grid(grid: pd.DataFrame, refs: dict, nfes: list[int], ylabel: str, title: str, stem: Path) -> list[Path]:
     """Metric vs the one λ of Fixed-D-DDIM and LA-DDIM per NFE, DDIM and D-DDIM dotted."""

@@ -638,7 +638,7 @@ def table_lookahead(df: pd.DataFrame, opt: Options) -> list[Path]:
 # ------------------------------------------------------------------------------ learned solvers
 def _teacher_label(solver: str, nfe: int) -> str:
     steps = (nfe + 1) // 2 if solver == "heun" else nfe
-    return f"{solver_label(solver)}, {steps} steps (NFE {nfe})"
+    return f"{'EDM (Heun)' if solver == 'heun' else solver_label(solver)}, {steps} steps (NFE {nfe})"
 
 
 def _ratio(value: float, ref: float) -> str:

@@ -308,7 +308,7 @@ def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
         rows = md_rows(md, "Learned solvers")
         assert rows["__header__"] == ["NFE", "3", "5", "10"]  # only the NFE that were run, in order
         assert list(rows)[1:] == ["DDIM", "D-DDIM", "IIA-DDIM", "S4S (DDIM)", "S4S (DDIM, features)", "S4S-Alt (DDIM)",
-                                  f"reference: {'DDIM, 1000 steps (NFE 1000)' if ref == 5.0 else 'EDM, 200 steps (NFE 399)'}"]
+                                  f"reference: {'DDIM, 1000 steps (NFE 1000)' if ref == 5.0 else 'EDM (Heun), 200 steps (NFE 399)'}"]
         for label, dist in (("DDIM", "none"), ("IIA-DDIM", "iia"), ("S4S-Alt (DDIM)", "s4s_alt")):
             assert rows[label] == [pm(np.mean([value_of("ddim", dist, n, s) for s in (0, 1, 2)]), 1.0)
                                    for n in (3, 5, 10)]
