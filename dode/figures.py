@@ -82,7 +82,14 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
                         capsize=2, label=label, alpha=0.95 if dist == "dode" else 0.75)
     ax.set_xscale("log")
     _log_y(ax, vals)
-    nfes = [int(n) for n in sorted(long["nfe"].unique())]
+    _nfe_axes(fig, ax, long["nfe"], ylabel, title, caption + ". Dashed: base solver; solid: its D-ODE variant; bars: ± std.")
+    return save(fig, stem)
+
+
+def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str) -> None:
+    """An NFE x axis (a tick per NFE, labels that would overlap left out), grid, legend, title and a
+    caption under the figure."""
+    nfes = [int(n) for n in sorted(set(nfe_values))]
     ax.set_xticks(nfes)
     shown, labels = None, []
     for n in nfes:  # no overlapping labels (10 and 11, 50 and 51)
@@ -96,9 +103,7 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, ncol=2)
     ax.set_title(_wrap(title, 70), fontsize=10)
-    fig.text(0.01, -0.02, _wrap(caption + ". Dashed: base solver; solid: its D-ODE variant; bars: ± std.", 120),
-             fontsize=7, va="top")
-    return save(fig, stem)
+    fig.text(0.01, -0.02, _wrap(caption, 120), fontsize=7, va="top")
 
 
 
@@ -128,17 +133,8 @@ def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, t
         ax.axhline(GOAL_RATIO * mean, color="0.3", lw=1.0, ls=":", label=f"{GOAL_RATIO:g}× reference")
         vals += [mean, GOAL_RATIO * mean]
     _log_y(ax, vals)
-    nfes = [int(n) for n in sorted(curves["nfe"].unique())]
-    ax.set_xticks(nfes)
-    ax.set_xticklabels([str(n) for n in nfes])
-    ax.minorticks_off()
-    ax.set_xlabel("NFE")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=2)
-    ax.set_title(_wrap(title, 70), fontsize=10)
-    note = ". Dashed: base solver; dash-dotted: S4S with the feature distance; bars: ± std over seeds; grey: reference ± std."
-    fig.text(0.01, -0.02, _wrap(caption + note, 120), fontsize=7, va="top")
+    _nfe_axes(fig, ax, curves["nfe"], ylabel, title, caption + ". Dashed: base solver; dash-dotted: S4S with the "
+              "feature distance; bars: ± std over seeds; grey: reference ± std.")
     return save(fig, stem)
 
 
