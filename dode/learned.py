@@ -502,13 +502,16 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
 class MonotoneGrid:
     """A strictly decreasing σ grid from free logits (S4S-Alt's time-grid parametrisation).
 
-    The ends σ_0 and σ_m (the last positive σ; a final σ = 0 is kept) stay fixed; in the space
-    ``u(σ)`` — ``"rho"``: σ^{1/ρ}, ``"logsigma"``: log σ, ``"time"``: the schedule's time — the gaps
-    between consecutive points are ``softmax([0, ℓ_1, …, ℓ_{m−1}]) · (u_m − u_0)``, so every ℓ gives a
-    strictly monotone grid. :attr:`init` are the logits of the grid the object was built from.
+    σ_0 and a final σ = 0 stay fixed. In the space ``u(σ)`` — ``"rho"``: σ^{1/ρ}, ``"logsigma"``:
+    log σ, ``"time"``: the schedule's time — the gaps between consecutive points from σ_0 to σ_m (the
+    last positive σ) are ``softmax([0, ℓ_1, …, ℓ_{m−1}]) · (u_m − u_0)``, so every ℓ gives a strictly
+    monotone grid. σ_m is fixed too, unless ``free_end``: then σ_m = σ_0 · sigmoid(ℓ_m), one more
+    logit (any value in (0, σ_0); the base grid's σ_m is often the model's σ_min, where the last
+    evaluation before σ = 0 does almost nothing). :attr:`init` are the logits of the grid the object
+    was built from.
     """
 
-    def __init__(self, denoiser, sigmas: Tensor, space: str = "rho", rho: float = 7.0):
+    def __init__(self, denoiser, sigmas: Tensor, space: str = "rho", rho: float = 7.0, free_end: bool = False):
         sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
         self.zero_end = bool(sig[-1] == 0)
         pos = sig[:-1] if self.zero_end else sig
@@ -531,16 +534,28 @@ class MonotoneGrid:
         if not bool((gaps > 0).all()):
             raise ValueError("the initial grid must be strictly decreasing")
         self.init = (gaps.log() - gaps[0].log())[1:]
+        self.free_end = bool(free_end)
+        if self.free_end:
+            if not self.zero_end:
+                raise ValueError("free_end needs a grid that ends at σ = 0 (its last positive σ is then free)")
+            frac = self.last / self.first
+            self.init = torch.cat([self.init, (frac.log() - torch.log1p(-frac)).reshape(1)])
 
     @property
     def n_free(self) -> int:
         return len(self.init)
 
     def sigmas(self, logits) -> Tensor:
-        ell = torch.cat([torch.zeros(1, dtype=torch.float64), torch.as_tensor(logits, dtype=torch.float64).flatten()])
+        logits = torch.as_tensor(logits, dtype=torch.float64).flatten()
+        last, u1 = self.last, self.u1
+        if self.free_end:
+            logits, end = logits[:-1], logits[-1]
+            last = self.first * torch.sigmoid(end)
+            u1 = self._u(last)
+        ell = torch.cat([torch.zeros(1, dtype=torch.float64), logits])
         w = torch.softmax(ell, 0)
-        inner = self._inv(self.u0 + torch.cumsum(w, 0)[:-1] * (self.u1 - self.u0))
-        parts = [self.first.reshape(1), inner, self.last.reshape(1)]
+        inner = self._inv(self.u0 + torch.cumsum(w, 0)[:-1] * (u1 - self.u0))
+        parts = [self.first.reshape(1), inner, last.reshape(1)]
         if self.zero_end:
             parts.append(torch.zeros(1, dtype=torch.float64))
         return torch.cat(parts)
@@ -592,13 +607,14 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
                 round_iters: int | None = None, lr: float = 3e-2, chunk: int | None = None,
                 val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
                 optimizer: str = "adam", lpips_weights: str | None = None, classifier: str | None = None,
-                rho: float = 7.0, progress: bool = False, **provenance) -> Correction:
+                rho: float = 7.0, free_end: bool = True, progress: bool = False, **provenance) -> Correction:
     """S4S-Alt (Frankel et al. 2025): alternate S4S's coefficient fit (Adam, see :func:`fit_s4s`)
     with a derivative-free search of the time grid (:class:`MonotoneGrid` logits in ``grid_space``,
     Nelder–Mead with at most ``grid_evals`` student runs per round, initial simplex of size
     ``grid_step``): θ-fit (``iters`` Adam steps), then ``rounds`` × [grid search, θ-fit
     (``round_iters`` steps, default ``iters // 2``, warm-started)]. A grid is accepted only if it
-    lowers the training loss. The learned grid (ending at σ = 0) is ``provenance["grid"]``
+    lowers the training loss. ``free_end``: the last positive σ is searched too (only σ_0 and the
+    final σ = 0 stay), else it keeps the base grid's value. The learned grid (ending at σ = 0) is ``provenance["grid"]``
     (``grid_learned`` = True); pass ``grid=grid_of(correction)`` to :func:`dode.sample`, or use
     :func:`sample_learned`.
     """
@@ -607,7 +623,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
         denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid, targets, distance,
         lpips_weights, classifier, chunk)
     val = _val_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
-    mg = MonotoneGrid(denoiser, sigmas, grid_space, rho)
+    mg = MonotoneGrid(denoiser, sigmas, grid_space, rho, free_end)
     logits = mg.init.clone()
     params = torch.zeros(nfe, len(mask[0]), dtype=torch.float64)
     round_iters = iters // 2 if round_iters is None else round_iters
@@ -642,7 +658,8 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     prov = {"method": "s4s_alt", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
             "grid": [float(v) for v in sigmas], "grid_learned": True, "base_grid": _grid_record(grid, mg.base),
             "base_sigmas": [float(v) for v in mg.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
-            "grid_space": grid_space, "grid_logits": [float(v) for v in logits], "rounds": rounds,
+            "grid_space": grid_space, "free_end": bool(free_end), "grid_logits": [float(v) for v in logits],
+            "rounds": rounds,
             "grid_evals": grid_evals, "batch": int(noise.shape[0]), "distance": dname, "iters": iters,
             "round_iters": round_iters, "lr": lr, **tinfo, "loss_init": loss0, "loss_best": current,
             "history": history, "student_runs": problem.runs, "grid_runs": grid_runs,
@@ -694,7 +711,7 @@ def fit_s4s_point(denoiser, noise, point: dict, progress: bool, provenance: dict
 
 def fit_s4s_alt_point(denoiser, noise, point: dict, progress: bool, provenance: dict) -> Correction:
     d = point["distill"]
-    keys = ("rounds", "grid_space", "grid_evals", "grid_step", "round_iters")
+    keys = ("rounds", "grid_space", "grid_evals", "grid_step", "round_iters", "free_end")
     extra = {k: d[k] for k in keys if d.get(k) is not None}
     return fit_s4s_alt(denoiser, noise, point["solver"]["name"], int(point["nfe"]), grid=point["solver"].get("grid"),
                        progress=progress, **_s4s_kwargs(d, point), **extra, **provenance)

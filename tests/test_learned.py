@@ -211,6 +211,16 @@ def test_monotone_grid_parametrisation(models):
             logits = torch.randn(mg.n_free, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
             g = mg.sigmas(logits)
             assert MonotoneGrid.monotone(g) and g[0] == sig[0] and g[-2] == sig[-2] and g[-1] == 0
+        free = MonotoneGrid(models[kind], sig, space, free_end=True)  # the last positive σ is learned too
+        assert free.n_free == 5
+        torch.testing.assert_close(free.sigmas(free.init), sig, rtol=1e-12, atol=0)
+        for seed in range(5):
+            logits = torch.randn(free.n_free, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
+            g = free.sigmas(logits)
+            assert MonotoneGrid.monotone(g) and g[0] == sig[0] and g[-1] == 0 and 0 < g[-2] < sig[0]
+            assert g[-2] == pytest.approx(float(sig[0] * torch.sigmoid(logits[-1])), rel=1e-12)
+    with pytest.raises(ValueError, match="free_end needs a grid that ends at σ = 0"):
+        MonotoneGrid(models["edm"], torch.tensor([80.0, 1.0, 0.1], dtype=torch.float64), free_end=True)
 
 
 def test_s4s_alt_keeps_the_grid_monotone_and_lowers_the_loss(models):
@@ -221,7 +231,7 @@ def test_s4s_alt_keeps_the_grid_monotone_and_lowers_the_loss(models):
     grid = torch.tensor(p["grid"], dtype=torch.float64)
     assert MonotoneGrid.monotone(grid) and grid[-1] == 0 and len(grid) == 6
     assert p["grid_learned"] and p["grid_changed"]
-    assert grid[0] == p["base_sigmas"][0] and grid[-2] == p["base_sigmas"][-2]  # the ends stay
+    assert grid[0] == p["base_sigmas"][0] and p["free_end"]  # σ_0 stays; the last positive σ is free by default
     losses = [h["loss"] for h in p["history"]]
     assert all(b <= a for a, b in zip(losses, losses[1:]))
     assert p["loss_best"] < 0.8 * losses[0] < losses[0] < p["loss_init"]  # the grid search paid off
