@@ -247,8 +247,34 @@ def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool 
         keep_fit &= d["scale"] == scale
     if batch is not None:
         keep_fit &= d["batch"] == batch
-    d = d[~fitted | keep_fit]
+    d = newest_runs(d[~fitted | keep_fit], opt, checkpoint)
     return d.copy(), {"metric": metric, "num_samples": int(n) if n is not None else None}
+
+
+CELL = ["checkpoint", "solver", "distill", "nfe", "scale", "batch", "fit_seed", "seed", "lam"]
+
+
+def newest_runs(d: pd.DataFrame, opt: Options, checkpoint: str | None) -> pd.DataFrame:
+    """One row per table cell and seed: rows that share every column of ``CELL`` but come from
+    different run folders (configs that differ in a key the table does not show, e.g. a changed
+    ``distill.iters``) are reduced to the most recently run folder (its run.json), with a note."""
+    dup = d.duplicated(CELL, keep=False)
+    if not dup.any():
+        return d
+    when = {p: _run_time(Path(p)) for p in d.loc[dup, "run_path"].unique()}
+    d = d.assign(_when=[when.get(p, 0.0) for p in d["run_path"]]).sort_values("_when", kind="stable")
+    kept = d.drop_duplicates(CELL, keep="last")
+    dropped = sorted(set(d.loc[dup, "run_path"]) - set(kept["run_path"]))
+    opt.say(f"note: {opt.dataset}/{checkpoint}: {len(dropped)} older run folder(s) repeat cells of newer ones "
+            f"(same names, other config); using the newest, ignoring: {', '.join(Path(x).name for x in dropped)}")
+    return kept.drop(columns="_when")
+
+
+def _run_time(folder: Path) -> float:
+    try:
+        return (folder / "run.json").stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def stats(values: Iterable[float]) -> tuple[float, float, int]:

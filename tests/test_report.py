@@ -325,6 +325,29 @@ def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
         assert csv[(csv["distill"] == "s4s") & (csv["nfe"] == 5)]["fit_seconds"].item() == pytest.approx(2.5)
 
 
+def test_cells_repeated_by_an_older_run_folder_use_the_newest(tmp_path, capsys):
+    """Two configs with the same names (e.g. another distill.iters) must not be averaged together."""
+    import os
+
+    root = make_results(tmp_path / "r")
+    runs = pd.read_csv(root / "runs.csv")
+    rows = runs[(runs["checkpoint"] == "digits-ddpm") & (runs["distill"] == "s4s") & (runs["nfe"] == 5)].copy()
+    old = Path(rows["run_dir"].iloc[0])
+    new = old.with_name(old.name + "-other-config")
+    new.mkdir()
+    for folder, t in ((old, 1_000_000), (new, 2_000_000)):
+        (folder / "run.json").write_text("{}")
+        os.utime(folder / "run.json", (t, t))
+    rows["run_dir"], rows["value"] = str(new), rows["value"] + 100.0
+    pd.concat([runs, rows]).to_csv(root / "runs.csv", index=False)
+    opt = report.Options(results=root, dataset="digits", nfe=(5,))
+    report.render(["table-learned"], opt)
+    cell = md_rows(opt.tables / "learned-digits-digits-ddpm.md", "Learned")["S4S (DDIM)"]
+    assert cell == [pm(np.mean([value_of("ddim", "s4s", 5, s) for s in (0, 1, 2)]) + 100.0, 1.0)]
+    assert f"using the newest, ignoring: {old.name}" in capsys.readouterr().out
+    assert len(pd.read_csv(report.render(["table-runs"], opt)[0])) == len(runs) + 3  # table-runs keeps all
+
+
 def test_table_learned_needs_valid_teachers(results, capsys):
     with pytest.raises(SystemExit):
         report.parser().parse_args(["table-learned", "--teacher-edm", "heun"])
