@@ -505,10 +505,10 @@ class MonotoneGrid:
     σ_0 and a final σ = 0 stay fixed. In the space ``u(σ)`` — ``"rho"``: σ^{1/ρ}, ``"logsigma"``:
     log σ, ``"time"``: the schedule's time — the gaps between consecutive points from σ_0 to σ_m (the
     last positive σ) are ``softmax([0, ℓ_1, …, ℓ_{m−1}]) · (u_m − u_0)``, so every ℓ gives a strictly
-    monotone grid. σ_m is fixed too, unless ``free_end``: then σ_m = σ_0 · sigmoid(ℓ_m), one more
-    logit (any value in (0, σ_0); the base grid's σ_m is often the model's σ_min, where the last
-    evaluation before σ = 0 does almost nothing). :attr:`init` are the logits of the grid the object
-    was built from.
+    monotone grid. σ_m is fixed too, unless ``free_end``: then σ_m = σ_lo + (σ_0 − σ_lo)(1 − e^{−ℓ_m²})
+    with one more parameter ℓ_m, any value in [σ_lo, σ_0), σ_lo the model's σ_min (the base grid's σ_m
+    is often σ_min itself, where the last evaluation before σ = 0 does almost nothing; ℓ_m = 0 there).
+    :attr:`init` are the parameters of the grid the object was built from.
     """
 
     def __init__(self, denoiser, sigmas: Tensor, space: str = "rho", rho: float = 7.0, free_end: bool = False):
@@ -538,8 +538,9 @@ class MonotoneGrid:
         if self.free_end:
             if not self.zero_end:
                 raise ValueError("free_end needs a grid that ends at σ = 0 (its last positive σ is then free)")
-            frac = self.last / self.first
-            self.init = torch.cat([self.init, (frac.log() - torch.log1p(-frac)).reshape(1)])
+            self.floor = min(float(denoiser.sigma_min), float(self.last))
+            frac = (self.last - self.floor) / (self.first - self.floor)
+            self.init = torch.cat([self.init, torch.sqrt(-torch.log1p(-frac)).reshape(1)])
 
     @property
     def n_free(self) -> int:
@@ -550,7 +551,7 @@ class MonotoneGrid:
         last, u1 = self.last, self.u1
         if self.free_end:
             logits, end = logits[:-1], logits[-1]
-            last = self.first * torch.sigmoid(end)
+            last = self.floor - (self.first - self.floor) * torch.expm1(-end * end)
             u1 = self._u(last)
         ell = torch.cat([torch.zeros(1, dtype=torch.float64), logits])
         w = torch.softmax(ell, 0)

@@ -217,8 +217,10 @@ def test_monotone_grid_parametrisation(models):
         for seed in range(5):
             logits = torch.randn(free.n_free, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
             g = free.sigmas(logits)
-            assert MonotoneGrid.monotone(g) and g[0] == sig[0] and g[-1] == 0 and 0 < g[-2] < sig[0]
-            assert g[-2] == pytest.approx(float(sig[0] * torch.sigmoid(logits[-1])), rel=1e-12)
+            lo = min(models[kind].sigma_min, float(sig[-2]))  # never below the model's σ_min
+            assert MonotoneGrid.monotone(g) and g[0] == sig[0] and g[-1] == 0 and lo <= g[-2] < sig[0]
+            assert g[-2] == pytest.approx(lo + (float(sig[0]) - lo) * (1 - math.exp(-float(logits[-1]) ** 2)),
+                                          rel=1e-12)
     with pytest.raises(ValueError, match="free_end needs a grid that ends at σ = 0"):
         MonotoneGrid(models["edm"], torch.tensor([80.0, 1.0, 0.1], dtype=torch.float64), free_end=True)
 
