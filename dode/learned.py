@@ -505,8 +505,8 @@ class MonotoneGrid:
     σ_0 and a final σ = 0 stay fixed. In the space ``u(σ)`` — ``"rho"``: σ^{1/ρ}, ``"logsigma"``:
     log σ, ``"time"``: the schedule's time — the gaps between consecutive points from σ_0 to σ_m (the
     last positive σ) are ``softmax([0, ℓ_1, …, ℓ_{m−1}]) · (u_m − u_0)``, so every ℓ gives a strictly
-    monotone grid. σ_m is fixed too, unless ``free_end``: then σ_m = σ_lo + (σ_0 − σ_lo)(1 − e^{−ℓ_m²})
-    with one more parameter ℓ_m, any value in [σ_lo, σ_0), σ_lo the model's σ_min (the base grid's σ_m
+    monotone grid. σ_m is fixed too, unless ``free_end``: then u_m = u_lo + (u_0 − u_lo)(1 − e^{−ℓ_m²})
+    with one more parameter ℓ_m, any σ_m in [σ_lo, σ_0), σ_lo the model's σ_min (the base grid's σ_m
     is often σ_min itself, where the last evaluation before σ = 0 does almost nothing; ℓ_m = 0 there).
     :attr:`init` are the parameters of the grid the object was built from.
     """
@@ -538,8 +538,8 @@ class MonotoneGrid:
         if self.free_end:
             if not self.zero_end:
                 raise ValueError("free_end needs a grid that ends at σ = 0 (its last positive σ is then free)")
-            self.floor = min(float(denoiser.sigma_min), float(self.last))
-            frac = (self.last - self.floor) / (self.first - self.floor)
+            self.u_lo = self._u(torch.tensor(min(float(denoiser.sigma_min), float(self.last)), dtype=torch.float64))
+            frac = (self.u1 - self.u_lo) / (self.u0 - self.u_lo)
             self.init = torch.cat([self.init, torch.sqrt(-torch.log1p(-frac)).reshape(1)])
 
     @property
@@ -551,8 +551,8 @@ class MonotoneGrid:
         last, u1 = self.last, self.u1
         if self.free_end:
             logits, end = logits[:-1], logits[-1]
-            last = self.floor - (self.first - self.floor) * torch.expm1(-end * end)
-            u1 = self._u(last)
+            u1 = self.u_lo - (self.u0 - self.u_lo) * torch.expm1(-end * end)
+            last = self._inv(u1)
         ell = torch.cat([torch.zeros(1, dtype=torch.float64), logits])
         w = torch.softmax(ell, 0)
         inner = self._inv(self.u0 + torch.cumsum(w, 0)[:-1] * (u1 - self.u0))
@@ -614,8 +614,8 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     Nelder–Mead with at most ``grid_evals`` student runs per round, initial simplex of size
     ``grid_step``): θ-fit (``iters`` Adam steps), then ``rounds`` × [grid search, θ-fit
     (``round_iters`` steps, default ``iters // 2``, warm-started)]. A grid is accepted only if it
-    lowers the training loss. ``free_end``: the last positive σ is searched too (only σ_0 and the
-    final σ = 0 stay), else it keeps the base grid's value. The learned grid (ending at σ = 0) is ``provenance["grid"]``
+    lowers the training loss. ``free_end``: from the second grid search on, the last positive σ is
+    searched too (only σ_0 and the final σ = 0 stay), else it keeps the base grid's value. The learned grid (ending at σ = 0) is ``provenance["grid"]``
     (``grid_learned`` = True); pass ``grid=grid_of(correction)`` to :func:`dode.sample`, or use
     :func:`sample_learned`.
     """
@@ -624,8 +624,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
         denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid, targets, distance,
         lpips_weights, classifier, chunk)
     val = _val_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
-    mg = MonotoneGrid(denoiser, sigmas, grid_space, rho, free_end)
-    logits = mg.init.clone()
+    base = MonotoneGrid(denoiser, sigmas, grid_space, rho)  # validates the grid space and the base grid
     params = torch.zeros(nfe, len(mask[0]), dtype=torch.float64)
     round_iters = iters // 2 if round_iters is None else round_iters
     history, grid_runs = [], 0
@@ -638,14 +637,17 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     loss0 = log["loss_init"]
     current = log["loss_best"]
     for r in range(1, rounds + 1):
+        # each round re-bases the grid at the current one; the last positive σ joins from round 2 on,
+        # once the coefficients have adapted to a grid with the base grid's end
+        mg = MonotoneGrid(denoiser, sigmas, grid_space, rho, free_end and r > 1)
         if mg.n_free == 0:
-            break
-        new_logits, new_loss, n = _nelder_mead(problem, params, mg, logits, current, grid_evals, grid_step,
-                                               progress, f"{desc} grid {r}")
+            continue
+        new_logits, new_loss, n = _nelder_mead(problem, params, mg, mg.init.clone(), current, grid_evals,
+                                               grid_step, progress, f"{desc} grid {r}")
         grid_runs += n
         accepted = new_loss < current
         if accepted:
-            logits, sigmas, current = new_logits, mg.sigmas(new_logits), new_loss
+            sigmas, current = mg.sigmas(new_logits), new_loss
         history.append({"phase": "grid", "round": r, "loss": current, "accepted": bool(accepted),
                         "sigmas": [float(v) for v in sigmas]})
         if round_iters > 0:
@@ -655,11 +657,11 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
             if val is not None or log["loss_best"] <= current:
                 params, current = p2, log["loss_best"]
             history.append({"phase": "theta", "round": r, "loss": current, **({"val": log["val_best"]} if val else {})})
-    learned = not torch.equal(sigmas, mg.base)
+    learned = not torch.equal(sigmas, base.base)
     prov = {"method": "s4s_alt", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
-            "grid": [float(v) for v in sigmas], "grid_learned": True, "base_grid": _grid_record(grid, mg.base),
-            "base_sigmas": [float(v) for v in mg.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
-            "grid_space": grid_space, "free_end": bool(free_end), "grid_logits": [float(v) for v in logits],
+            "grid": [float(v) for v in sigmas], "grid_learned": True, "base_grid": _grid_record(grid, base.base),
+            "base_sigmas": [float(v) for v in base.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
+            "grid_space": grid_space, "free_end": bool(free_end),
             "rounds": rounds,
             "grid_evals": grid_evals, "batch": int(noise.shape[0]), "distance": dname, "iters": iters,
             "round_iters": round_iters, "lr": lr, **tinfo, "loss_init": loss0, "loss_best": current,

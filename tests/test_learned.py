@@ -218,9 +218,10 @@ def test_monotone_grid_parametrisation(models):
             logits = torch.randn(free.n_free, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 3
             g = free.sigmas(logits)
             lo = min(models[kind].sigma_min, float(sig[-2]))  # never below the model's σ_min
-            assert MonotoneGrid.monotone(g) and g[0] == sig[0] and g[-1] == 0 and lo <= g[-2] < sig[0]
-            assert g[-2] == pytest.approx(lo + (float(sig[0]) - lo) * (1 - math.exp(-float(logits[-1]) ** 2)),
-                                          rel=1e-12)
+            assert MonotoneGrid.monotone(g) and g[0] == sig[0] and g[-1] == 0 and lo * (1 - 1e-12) <= g[-2] < sig[0]
+            u = free._u(torch.tensor([lo, float(sig[0])], dtype=torch.float64))
+            want = u[0] + (u[1] - u[0]) * (1 - math.exp(-float(logits[-1]) ** 2))  # in the grid's own space
+            assert float(free._u(g[-2:-1])) == pytest.approx(float(want), rel=1e-12)
     with pytest.raises(ValueError, match="free_end needs a grid that ends at σ = 0"):
         MonotoneGrid(models["edm"], torch.tensor([80.0, 1.0, 0.1], dtype=torch.float64), free_end=True)
 
@@ -242,6 +243,17 @@ def test_s4s_alt_keeps_the_grid_monotone_and_lowers_the_loss(models):
     teacher = teacher_samples(model, held_out, teacher_nfe=59)
     base = _rms(dode.sample(model, held_out, "ddim", 5), teacher)
     assert _rms(sample_learned(model, held_out, corr), teacher) < 0.5 * base
+
+
+def test_s4s_alt_frees_the_last_sigma_from_the_second_grid_search_on(models):
+    model, noise = models["edm"], _noise(32, 17)
+    kw = dict(iters=20, round_iters=10, grid_evals=15, teacher_nfe=59)
+    one = fit_s4s_alt(model, noise, "ddim", 5, rounds=1, **kw).provenance
+    assert one["grid"][-2] == one["base_sigmas"][-2] and one["grid"][0] == one["base_sigmas"][0]
+    two = fit_s4s_alt(model, noise, "ddim", 5, rounds=2, **kw).provenance
+    grids = [h["sigmas"] for h in two["history"] if h["phase"] == "grid"]
+    assert grids[0] == one["grid"]  # the same first round
+    assert two["grid"][-2] != two["base_sigmas"][-2] and two["grid"][-2] >= model.sigma_min
 
 
 # ----------------------------------------------------------------------------------- save / reload
