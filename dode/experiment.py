@@ -780,8 +780,9 @@ def _execute(ctx, job: dict) -> list[dict]:
 
 def weights_digest(denoiser) -> str | None:
     """sha256 of the model's weights (every state-dict entry: name, dtype, shape, bytes), or None
-    for a model without any (not an ``nn.Module``, or one holding no tensors). Run folders are named after the config; this digest,
-    kept in run.json, tells whether the checkpoint file behind the name has changed since."""
+    for a model without any (not an ``nn.Module``, or one holding no tensors). Run folders are named
+    after the config; this digest, kept in run.json, tells whether the checkpoint file behind the
+    name has changed since."""
     state = denoiser.state_dict() if isinstance(denoiser, torch.nn.Module) else {}
     if not state:
         return None

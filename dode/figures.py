@@ -82,7 +82,8 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
                         capsize=2, label=label, alpha=0.95 if dist == "dode" else 0.75)
     ax.set_xscale("log")
     _log_y(ax, vals)
-    _nfe_axes(fig, ax, long["nfe"], ylabel, title, caption + ". Dashed: base solver; solid: its D-ODE variant; bars: ± std.")
+    _nfe_axes(fig, ax, long["nfe"], ylabel, title,
+              caption + ". Dashed: base solver; solid: its D-ODE variant; bars: ± std.")
     return save(fig, stem)
 
 
@@ -106,12 +107,11 @@ def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str) -> Non
     fig.text(0.01, -0.02, _wrap(caption, 120), fontsize=7, va="top")
 
 
-
 def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, title: str, caption: str,
                    ylabel: str, stem: Path) -> list[Path]:
     """Metric vs NFE of the base solver (dashed), D-ODE, IIA, S4S and S4S-Alt (solid; dash-dotted with
-    the feature distance), bars = std over seeds; the model's reference solver as a horizontal line with its ± std band and the line at
-    ``GOAL_RATIO``× it (dotted)."""
+    the feature distance), bars = std over seeds; the model's reference solver as a horizontal line
+    with its ± std band, and the line at ``GOAL_RATIO``× it (dotted)."""
     from .report import GOAL_RATIO, LEARNED_METHODS, method_label
 
     plt = _plt()
@@ -121,10 +121,10 @@ def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, t
         g = curves[curves["distill"] == m].sort_values("nfe")
         if g.empty:
             continue
-        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color="k" if m == "none" else COLORS[(i - 1) % len(COLORS)],
-                    ls="--" if m == "none" else "-." if m.endswith("_fd") else "-", marker="o" if m == "none" else "s",
-                    ms=4, lw=1.5, capsize=2,
-                    label=method_label(solver, m))
+        base = m == "none"
+        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color="k" if base else COLORS[(i - 1) % len(COLORS)],
+                    ls="--" if base else "-." if m.endswith("_fd") else "-", marker="o" if base else "s", ms=4,
+                    lw=1.5, capsize=2, label=method_label(solver, m))
     if reference is not None:
         mean, std, label = reference
         ax.axhline(mean, color="0.3", lw=1.2, label=f"reference: {label}")

@@ -538,7 +538,8 @@ class MonotoneGrid:
         if self.free_end:
             if not self.zero_end:
                 raise ValueError("free_end needs a grid that ends at σ = 0 (its last positive σ is then free)")
-            self.u_lo = self._u(torch.tensor(min(float(denoiser.sigma_min), float(self.last)), dtype=torch.float64))
+            lo = min(float(denoiser.sigma_min), float(self.last))
+            self.u_lo = self._u(torch.tensor(lo, dtype=torch.float64))
             frac = (self.u1 - self.u_lo) / (self.u0 - self.u_lo)
             self.init = torch.cat([self.init, torch.sqrt(-torch.log1p(-frac)).reshape(1)])
 
@@ -615,9 +616,9 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     ``grid_step``): θ-fit (``iters`` Adam steps), then ``rounds`` × [grid search, θ-fit
     (``round_iters`` steps, default ``iters // 2``, warm-started)]. A grid is accepted only if it
     lowers the training loss. ``free_end``: from the second grid search on, the last positive σ is
-    searched too (only σ_0 and the final σ = 0 stay), else it keeps the base grid's value. The learned grid (ending at σ = 0) is ``provenance["grid"]``
-    (``grid_learned`` = True); pass ``grid=grid_of(correction)`` to :func:`dode.sample`, or use
-    :func:`sample_learned`.
+    searched too (only σ_0 and the final σ = 0 stay), else it keeps the base grid's value. The
+    learned grid (ending at σ = 0) is ``provenance["grid"]`` (``grid_learned`` = True); pass
+    ``grid=grid_of(correction)`` to :func:`dode.sample`, or use :func:`sample_learned`.
     """
     start = time.perf_counter()
     form, spec, sigmas, plan, problem, mask, tinfo, dname = _setup_s4s(
@@ -661,8 +662,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     prov = {"method": "s4s_alt", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
             "grid": [float(v) for v in sigmas], "grid_learned": True, "base_grid": _grid_record(grid, base.base),
             "base_sigmas": [float(v) for v in base.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
-            "grid_space": grid_space, "free_end": bool(free_end),
-            "rounds": rounds,
+            "grid_space": grid_space, "free_end": bool(free_end), "rounds": rounds,
             "grid_evals": grid_evals, "batch": int(noise.shape[0]), "distance": dname, "iters": iters,
             "round_iters": round_iters, "lr": lr, **tinfo, "loss_init": loss0, "loss_best": current,
             "history": history, "student_runs": problem.runs, "grid_runs": grid_runs,
