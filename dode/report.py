@@ -387,6 +387,17 @@ def _cell(d: pd.DataFrame) -> tuple[str, float, float, int]:
     return fmt_pm(m, s, n), m, s, n
 
 
+def _fit_value(g: pd.DataFrame) -> float:
+    """The fit time of a cell's rows (one fit shared by its seeds), NaN for none."""
+    v = g["fit_seconds"].astype(float).dropna()
+    return float(v.iloc[0]) if len(v) else float("nan")
+
+
+def _fit_seconds(g: pd.DataFrame) -> str:
+    v = _fit_value(g)
+    return f"{v:.1f}" if np.isfinite(v) else "—"
+
+
 def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> str:
     """``a − b`` per evaluation seed (same noises), as mean ± std over the seeds both have."""
     m = a.groupby("seed")["value"].mean().sub(b.groupby("seed")["value"].mean()).dropna()
@@ -432,10 +443,9 @@ def fid_nfe(df: pd.DataFrame, opt: Options) -> list[Path]:
                 g = d[(d["solver"] == s) & (d["nfe"] == nfe)]
                 b, bm, _, bn = _cell(g[g["distill"] == "none"])
                 o, om, _, on = _cell(g[g["distill"] == "dode"])
-                fit = g[g["distill"] == "dode"]["fit_seconds"].astype(float)
                 diff = paired_difference(g[g["distill"] == "dode"], g[g["distill"] == "none"])
                 rows.append([f"{solver_label(s)} / {method_label(s, 'dode')}", int(nfe), b, o, diff,
-                             f"{fit.iloc[0]:.1f}" if len(fit) and np.isfinite(fit.iloc[0]) else "—"])
+                             _fit_seconds(g[g["distill"] == "dode"])])
         t = Table(f"{metric_label(info['metric'])} vs NFE: {opt.dataset} · {ck}", ["solver", "NFE", "base", "D-ODE",
                                                                                      "D-ODE − base", "λ fit [s]"],
                   rows, caption_common(info, d["seed"].unique()) + f"; D-ODE: K = {opt.scale}, B = {opt.batch}, λ fitted "
@@ -466,8 +476,7 @@ def table_time(df: pd.DataFrame, opt: Options) -> list[Path]:
                 base = g[g["distill"] == "none"]
                 if dode.empty:
                     continue
-                fit = float(dode["fit_seconds"].astype(float).dropna().iloc[0]) if dode["fit_seconds"].notna().any() \
-                    else float("nan")
+                fit = _fit_value(dode)
                 per = lambda x: (x["sample_seconds"].astype(float) / x["num_samples"].astype(float) * 50000)  # noqa: E731
                 sm, ss, sn = stats(per(dode))
                 bm, bs, bn = stats(per(base))
@@ -692,16 +701,19 @@ def table_learned(df: pd.DataFrame, opt: Options) -> list[Path]:
         d = d[d["nfe"].isin(nfes)]
         methods = [m for m in LEARNED_METHODS if (d["distill"] == m).any()]
         t_cell, t_mean, t_std, t_n = _cell(teacher)
+        t_label = _teacher_label(t_solver, t_nfe)
         rows, fit_rows, ratio_rows = [], [], []
         for m in methods:
             g = d[d["distill"] == m]
-            rows.append([method_label(s, m)] + [_cell(g[g["nfe"] == n])[0] for n in nfes])
-            ratio_rows.append([method_label(s, m)] + [_ratio(_cell(g[g["nfe"] == n])[1], t_mean) for n in nfes])
+            cells = [_cell(g[g["nfe"] == n]) for n in nfes]
+            rows.append([method_label(s, m)] + [c[0] for c in cells])
+            ratio_rows.append([method_label(s, m)] + [_ratio(c[1], t_mean) for c in cells])
             if m != "none":
                 fit_rows.append([method_label(s, m)] + [_fit_seconds(g[g["nfe"] == n]) for n in nfes])
         if t_n:
-            rows.append([f"reference: {_teacher_label(t_solver, t_nfe)}"] + [t_cell] * len(nfes))
-        notes = [_goal(d, s, t_mean, t_n, info)] if GOAL_NFE in nfes else []
+            rows.append([f"reference: {t_label}"] + [t_cell] * len(nfes))
+        curves = _long(d, ["distill", "nfe"])
+        notes = [_goal(curves, s, t_mean, t_n, info)] if GOAL_NFE in nfes else []
         stem = _stem("learned", opt, ck)
         caption = (caption_common(info, d["seed"].unique()) + f"; every method on {solver_label(s)}: the base solver, "
                    f"D-ODE (K = {opt.scale}), IIA (M = K fine sub-steps per step), S4S and S4S-Alt (teacher Heun, "
@@ -712,7 +724,7 @@ def table_learned(df: pd.DataFrame, opt: Options) -> list[Path]:
                    f"figures/{stem}.png")
         tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", ["NFE"] + nfes, rows, caption, notes)]
         if t_n:
-            tables.append(Table(f"Ratio to the reference ({_teacher_label(t_solver, t_nfe)}: {t_cell})",
+            tables.append(Table(f"Ratio to the reference ({t_label}: {t_cell})",
                                 ["NFE"] + nfes, ratio_rows, "Mean over seeds divided by the reference's mean."))
         if fit_rows:
             tables.append(Table("Fit time [s]", ["NFE"] + nfes, fit_rows,
@@ -720,37 +732,26 @@ def table_learned(df: pd.DataFrame, opt: Options) -> list[Path]:
                                 "plus the fine solver from every step; S4S the teacher samples plus Adam through the "
                                 "student; S4S-Alt also the grid searches. Measured on the machine that ran dode-run "
                                 "(results/README.md)."))
-        curves = _long(d, ["distill", "nfe"])
         curves.insert(0, "method", [method_label(s, x) for x in curves["distill"]])
         curves["fit_seconds"] = [_fit_value(d[(d["distill"] == r.distill) & (d["nfe"] == r.nfe)])
                                  for r in curves.itertuples()]
-        reference = pd.DataFrame([{"method": f"reference: {_teacher_label(t_solver, t_nfe)}", "distill": "none",
+        reference = pd.DataFrame([{"method": f"reference: {t_label}", "distill": "none",
                                    "nfe": t_nfe, "mean": t_mean, "std": t_std, "n": t_n,
                                    "seeds": " ".join(str(int(x)) for x in sorted(teacher["seed"].unique()))}]) \
             if t_n else pd.DataFrame()
         out += write_tables(opt, stem, tables, pd.concat([curves, reference], ignore_index=True))
-        out += figures.learned_vs_nfe(curves, s, (t_mean, t_std, _teacher_label(t_solver, t_nfe)) if t_n else None,
+        out += figures.learned_vs_nfe(curves, s, (t_mean, t_std, t_label) if t_n else None,
                                       f"{metric_label(info['metric'])} of learned solvers vs NFE — {opt.dataset} · {ck}",
                                       caption_common(info, d["seed"].unique()), metric_label(info["metric"]),
                                       opt.figures / stem)
     return out
 
 
-def _fit_value(g: pd.DataFrame) -> float:
-    v = g["fit_seconds"].astype(float).dropna()
-    return float(v.iloc[0]) if len(v) else float("nan")
-
-
-def _fit_seconds(g: pd.DataFrame) -> str:
-    v = _fit_value(g)
-    return f"{v:.1f}" if np.isfinite(v) else "—"
-
-
-def _goal(d: pd.DataFrame, solver: str, t_mean: float, t_n: int, info: dict) -> str:
-    """The goal line: the best learned method at GOAL_NFE against GOAL_RATIO × the reference."""
-    at = d[(d["nfe"] == GOAL_NFE) & (d["distill"] != "none")]
-    means = {m: stats(g["value"].astype(float))[0] for m, g in at.groupby("distill")}
-    means = {m: v for m, v in means.items() if np.isfinite(v)}
+def _goal(curves: pd.DataFrame, solver: str, t_mean: float, t_n: int, info: dict) -> str:
+    """The goal line: the best learned method at GOAL_NFE (``curves``: mean per distill and NFE)
+    against GOAL_RATIO × the reference."""
+    at = curves[(curves["nfe"] == GOAL_NFE) & (curves["distill"] != "none") & (curves["n"] > 0)]
+    means = dict(zip(at["distill"], at["mean"].astype(float)))
     if not means or not t_n:
         return f"Goal (best learned solver at NFE {GOAL_NFE} within {GOAL_RATIO:g}× the reference): not measured."
     best = min(means, key=means.get)
