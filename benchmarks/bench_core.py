@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 import dode
-from dode.denoisers import VPDenoiser
-from dode.distill import student_points, teacher_states
-from dode.sampling import solver_grid
-from dode.schedules import DiscreteVPSchedule
+from dode.core.denoisers import VPDenoiser
+from dode.learn.dode import student_points, teacher_states
+from dode.core.sampling import solver_grid
+from dode.core.schedules import DiscreteVPSchedule
 
 
 def network():
     try:
-        from dode.nets.digits import load_digits_model
+        from dode.models.digits import load_digits_model
 
         return load_digits_model("digits-ddpm"), "digits-ddpm (embedded)"
     except Exception as err:  # the embedded model is optional here

@@ -25,10 +25,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dode.checkpoints import ClassifierGuidance, DiscreteNet, EDMNet
-from dode.denoisers import EDMDenoiser, VPDenoiser
-from dode.networks import ADMEncoderUNet, ADMUNet, DDPMUNet
-from dode.schedules import DiscreteVPSchedule
+from dode.models.checkpoints import ClassifierGuidance, DiscreteNet, EDMNet
+from dode.core.denoisers import EDMDenoiser, VPDenoiser
+from dode.models.arch import ADMEncoderUNet, ADMUNet, DDPMUNet
+from dode.core.schedules import DiscreteVPSchedule
 
 
 def _adm(image_size, **kw):
@@ -81,7 +81,7 @@ def models() -> list[tuple[str, int, int, Callable[[], nn.Module]]]:
 
 
 def edm_models(paths: list[str]):
-    from dode.networks.edm_compat import load_persistent_pickle
+    from dode.models.arch.edm_compat import load_persistent_pickle
 
     out = []
     for p in paths:

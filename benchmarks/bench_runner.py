@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-UNTRAINED = """_target_: dode.nets.digits.wrap
+UNTRAINED = """_target_: dode.models.digits.wrap
 _args_:
   - digits-ddpm
-  - {_target_: dode.nets.digits.build, name: digits-ddpm}
+  - {_target_: dode.models.digits.build, name: digits-ddpm}
 channels: 1
 resolution: 8
 """
@@ -45,7 +45,7 @@ def _env(threads: int | None = None) -> dict:
 
 def _stand_in(tmp: Path) -> list[str]:
     """Overrides that replace the digits checkpoint by an untrained twin when the asset is missing."""
-    from dode.nets.digits import asset_path
+    from dode.models.digits import asset_path
 
     if asset_path("digits-ddpm").is_file():
         return []
@@ -57,7 +57,7 @@ def _stand_in(tmp: Path) -> list[str]:
 
 def dode_run(args: list[str], threads: int | None = None, timeout: float = 1800) -> float:
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "dode.run", *args], env=_env(threads), cwd=ROOT, capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "dode.runner.cli", *args], env=_env(threads), cwd=ROOT, capture_output=True,
                        text=True, timeout=timeout)
     if r.returncode:
         raise SystemExit(f"dode-run {' '.join(args)} failed:\n{r.stderr[-3000:]}")
@@ -101,7 +101,7 @@ def peak_memory(tmp: Path, n: int, stand_in: list[str]) -> None:
     args = [*stand_in, f"results_dir={tmp / 'mem'}", "progress=false", "nfe=10", "compare_base=false",
             "seeds=[0]", f"num_samples={n}"]
     wrapper = ("import resource, subprocess, sys, json; "
-               "r = subprocess.run([sys.executable, '-m', 'dode.run', *json.loads(sys.argv[1])], capture_output=True); "
+               "r = subprocess.run([sys.executable, '-m', 'dode.runner.cli', *json.loads(sys.argv[1])], capture_output=True); "
                "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", wrapper, json.dumps(args)], env=_env(), cwd=ROOT,

@@ -1,7 +1,7 @@
 """dode: learned few-step ODE solvers of diffusion models (D-ODE, IIA, S4S) on one model-call path.
 
 >>> import torch, dode
->>> from dode.oracle import GaussianMixture
+>>> from dode.core.oracle import GaussianMixture
 >>> model = GaussianMixture(torch.randn(4, 2), stds=[0.3] * 4)
 >>> noise = torch.randn(100, 2, dtype=torch.float64)
 >>> lam = dode.fit_lambdas(model, noise, solver="ddim", nfe=5, scale=10)
@@ -9,9 +9,9 @@
 """
 __version__ = "0.1.0"
 
-from .distill import fit_correction, fit_lambdas  # noqa: E402
-from .path import Correction  # noqa: E402
-from .sampling import sample, trajectory  # noqa: E402
-from .solvers import SOLVERS  # noqa: E402
+from dode.learn.dode import fit_correction, fit_lambdas  # noqa: E402
+from dode.core.path import Correction  # noqa: E402
+from dode.core.sampling import sample, trajectory  # noqa: E402
+from dode.core.solvers import SOLVERS  # noqa: E402
 
 __all__ = ["sample", "trajectory", "fit_lambdas", "fit_correction", "Correction", "SOLVERS", "__version__"]

@@ -14,7 +14,7 @@ For each model it reports, on ``--num-samples`` samples from seeded standard-nor
   ``--fit-batch`` noises from a seed of their own, teacher scale ``--scale``): DDIM and DPM-Solver-3
   on digits-ddpm, DDIM on digits-edm (plus any ``--solvers``).
 
-Everything goes through ``dode.sample`` / ``dode.fit_lambdas`` and ``dode.metrics``. Results are
+Everything goes through ``dode.sample`` / ``dode.fit_lambdas`` and ``dode.eval.metrics``. Results are
 printed as Markdown and written as JSON (``--json``).
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dode  # noqa: E402
-from dode import metrics  # noqa: E402
-from dode.data import from_uint8, load_dataset, to_uint8  # noqa: E402
-from dode.nets.digits import load_classifier, load_digits_model  # noqa: E402
+from dode.eval import metrics  # noqa: E402
+from dode.eval.data import from_uint8, load_dataset, to_uint8  # noqa: E402
+from dode.models.digits import load_classifier, load_digits_model  # noqa: E402
 
 REFERENCE = {"digits-edm": ("heun", 399), "digits-ddpm": ("ddim", 1000)}  # 200 Heun steps; 1000 DDIM steps
 DODE_SOLVERS = {"digits-edm": ["ddim"], "digits-ddpm": ["ddim", "dpm3"]}

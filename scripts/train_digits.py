@@ -25,9 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dode.data import load_dataset  # noqa: E402
-from dode.nets import digits as nets  # noqa: E402
-from dode.schedules import DiscreteVPSchedule  # noqa: E402
+from dode.eval.data import load_dataset  # noqa: E402
+from dode.models import digits as nets  # noqa: E402
+from dode.core.schedules import DiscreteVPSchedule  # noqa: E402
 
 DEFAULTS = dict(steps=12000, batch=256, lr=2e-3, warmup=500, ema=0.9995, width=192, hidden=384, depth=4,
                 emb=64, p_mean=-1.2, p_std=1.2)

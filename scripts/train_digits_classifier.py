@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dode.data import from_uint8, load_dataset, to_uint8  # noqa: E402
-from dode.nets import digits as nets  # noqa: E402
+from dode.eval.data import from_uint8, load_dataset, to_uint8  # noqa: E402
+from dode.models import digits as nets  # noqa: E402
 
 
 def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from dode.oracle import GaussianMixture
-from dode.schedules import DiscreteVPSchedule
+from dode.core.oracle import GaussianMixture
+from dode.core.schedules import DiscreteVPSchedule
 
 
 @pytest.fixture(autouse=True, scope="module")

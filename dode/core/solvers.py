@@ -1,0 +1,285 @@
+"""Base ODE solvers of the probability-flow ODE in VE form, dx/dσ = ε(x, σ) = (x − D(x, σ))/σ.
+
+Every solver has one signature, ``solver(path, x, sigmas, stages) -> x_end``: ``path`` is the
+:class:`~dode.core.path.ModelPath` (the only way to call the model; it counts NFE and applies the learned
+correction hook), ``x`` the state at ``sigmas[0]``, ``sigmas`` a float64 grid, and ``stages[i]`` the
+number of model evaluations of step i (from the solver's plan for the requested NFE). Exponential
+integrators (DDIM, DPM-Solver, DEIS) take the same iterates in VE form as in VP form, since
+``x_VE = x_VP/α`` and ``σ_VE = σ_VP/α``; a step into σ = 0 is first order (DDIM), because a
+higher-order exponential integrator cannot reach σ = 0 (log σ = −∞).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dode.errors import InvalidChoice, InvalidNFE
+from dode.core.path import ModelPath
+from dode.core.schedules import schedule_of
+
+SolverFn = Callable[[ModelPath, Tensor, Tensor, list], Tensor]
+PlanFn = Callable[[int, bool], list]
+
+
+def ddim_step(x: Tensor, d: Tensor, s: float, t: float) -> Tensor:
+    """DDIM (Song et al. 2021, Eq. 12) in VE form: x_t = D + σ_t·(x − D)/σ_s; exactly D at σ_t = 0."""
+    return d + (t / s) * (x - d)
+
+
+def _eps(x: Tensor, d: Tensor, s: float) -> Tensor:
+    return (x - d) / s
+
+
+def _pairs(sigmas: Tensor) -> list[tuple[float, float]]:
+    s = sigmas.tolist()
+    return list(zip(s[:-1], s[1:]))
+
+
+# --------------------------------------------------------------------------------------------- plans
+def one_per_step(nfe: int, ends_at_zero: bool) -> list:
+    """One evaluation per step: N steps = N NFE."""
+    if nfe < 1:
+        raise InvalidNFE(f"NFE must be at least 1, got {nfe}")
+    return [1] * nfe
+
+
+def heun_plan(nfe: int, ends_at_zero: bool) -> list:
+    """EDM Heun: two evaluations per step, Euler on a final step into σ = 0 (2N − 1 NFE)."""
+    if ends_at_zero:
+        if nfe < 1 or nfe % 2 == 0:
+            raise InvalidNFE(f"heun spends 2N−1 NFE for N steps ending at σ = 0: valid NFE are odd "
+                             f"(1, 3, 5, 7, 9, 11, …), got {nfe}")
+        return [2] * ((nfe - 1) // 2) + [1]
+    if nfe < 2 or nfe % 2:
+        raise InvalidNFE(f"heun spends 2N NFE for N steps on a grid not ending at 0: valid NFE are even, got {nfe}")
+    return [2] * (nfe // 2)
+
+
+def singlestep_plan(order: int) -> PlanFn:
+    """DPM-Solver's order plan (Lu et al. 2022): order 3 → M = nfe//3 + 1 steps of orders
+    [3]*(M−2)+[2,1], [3]*(M−1)+[1] or [3]*(M−1)+[2] for nfe mod 3 = 0, 1, 2; order 2 → [2]*M or
+    [2]*(M−1)+[1]. A plan that would end with a multi-stage step into σ = 0 is the plan for nfe − 1
+    followed by one first-order step."""
+
+    def plan(nfe: int, ends_at_zero: bool) -> list:
+        if nfe < 1:
+            raise InvalidNFE(f"NFE must be at least 1, got {nfe}")
+        if order == 1:
+            p = [1] * nfe
+        elif order == 2:
+            p = [2] * (nfe // 2) + [1] * (nfe % 2)
+        else:
+            m = nfe // 3 + 1
+            p = {0: [3] * (m - 2) + [2, 1], 1: [3] * (m - 1) + [1], 2: [3] * (m - 1) + [2]}[nfe % 3]
+            p = [o for o in p if o]
+        if ends_at_zero and p[-1] > 1:
+            p = plan(nfe - 1, False) + [1]
+        return p
+
+    return plan
+
+
+# ----------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class Solver:
+    name: str
+    fn: SolverFn
+    plan: PlanFn
+    teacher: str  # the solver the D-ODE teacher runs (methods.md)
+    order: int  # nominal order of convergence
+
+    def plan_for_steps(self, steps: int, ends_at_zero: bool) -> list:
+        """The plan of this solver on a grid of ``steps`` intervals (teachers run on given grids)."""
+        for nfe in range(steps, 3 * steps + 1):
+            try:
+                p = self.plan(nfe, ends_at_zero)
+            except InvalidNFE:
+                continue
+            if len(p) == steps:
+                return p
+        raise InvalidNFE(f"{self.name} cannot run on a grid of {steps} steps")
+
+
+SOLVERS: dict[str, Solver] = {}
+
+
+def register(name: str, teacher: str, order: int, plan: PlanFn = one_per_step):
+    def deco(fn: SolverFn) -> SolverFn:
+        SOLVERS[name] = Solver(name, fn, plan, teacher, order)
+        return fn
+
+    return deco
+
+
+def get_solver(name: str) -> Solver:
+    if name not in SOLVERS:
+        raise InvalidChoice(f"unknown solver {name!r}; valid solvers: {', '.join(SOLVERS)}")
+    return SOLVERS[name]
+
+
+# ------------------------------------------------------------------------------------------ solvers
+@register("ddim", teacher="ddim", order=1)
+def ddim(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+    """DDIM (Song et al. 2021); in VE form the same update as Euler on dx/dσ = ε. Order 1."""
+    for s, t in _pairs(sigmas):
+        x = ddim_step(x, path(x, s), s, t)
+    return x
+
+
+SOLVERS["euler"] = Solver("euler", ddim, one_per_step, "euler", 1)  # EDM's Euler ≡ DDIM in VE form
+
+
+@register("heun", teacher="heun", order=2, plan=heun_plan)
+def heun(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+    """EDM Heun (Karras et al. 2022, Alg. 1): Euler predictor, trapezoidal corrector. Order 2.
+    D-EDM: λ on the Euler stage with D_i − D'_{i−1} (the previous step's corrector output), on the
+    corrector with D'_i − D_i (IIA/S4S forms: the Euler stage pairs with D_{i−1}, see PREDICTOR_HISTORY)."""
+    for (s, t), n in zip(_pairs(sigmas), stages):
+        d = path(x, s)
+        x_euler = ddim_step(x, d, s, t)
+        if n == 1:
+            x = x_euler
+            continue
+        d2 = path.correct(x_euler, t, path.denoise(x_euler, t), corrector=True)
+        x = x + (t - s) * 0.5 * (_eps(x, d, s) + _eps(x_euler, d2, t))
+    return x
+
+
+IPNDM_COEFFS = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
+
+
+@register("ipndm", teacher="ipndm", order=4)
+def ipndm(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+    """iPNDM (Zhang & Chen 2022): ε̃ = Σ_j c_j ε_{i−j} with Adams–Bashforth weights of order
+    min(i+1, 4) (no warm-up NFE), then a DDIM step with ε̃."""
+    eps: list[Tensor] = []
+    for s, t in _pairs(sigmas):
+        eps = (eps + [_eps(x, path.denoise(x, s), s)])[-4:]
+        e = sum(c * eps[-1 - j] for j, c in enumerate(IPNDM_COEFFS[len(eps) - 1]))
+        x = ddim_step(x, path.correct(x, s, x - s * e), s, t)
+    return x
+
+
+def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+    """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022, Alg. 1 and 2, "dpmsolver" type), noise form,
+    λ = −log σ, h = λ_t − λ_s, inner points r1 = 1/2 (order 2) or r1 = 1/3, r2 = 2/3 (order 3)."""
+    for (s, t), order in zip(_pairs(sigmas), stages):
+        if order == 1:
+            x = ddim_step(x, path(x, s), s, t)
+            continue
+        h = math.log(s / t)
+        e_s = _eps(x, path(x, s), s)
+        r1 = 0.5 if order == 2 else 1 / 3
+        s1 = s * math.exp(-r1 * h)
+        u1 = x - s1 * math.expm1(r1 * h) * e_s
+        e_1 = _eps(u1, path(u1, s1), s1)
+        if order == 2:
+            x = x - t * math.expm1(h) * e_s - (0.5 / r1) * t * math.expm1(h) * (e_1 - e_s)
+            continue
+        r2 = 2 / 3
+        s2 = s * math.exp(-r2 * h)
+        phi_22 = math.expm1(r2 * h) / (r2 * h) - 1
+        u2 = x - s2 * math.expm1(r2 * h) * e_s - (r2 / r1) * s2 * phi_22 * (e_1 - e_s)
+        e_2 = _eps(u2, path(u2, s2), s2)
+        phi_2 = math.expm1(h) / h - 1
+        x = x - t * math.expm1(h) * e_s - (1 / r2) * t * phi_2 * (e_2 - e_s)
+    return x
+
+
+for _k in (1, 2, 3):
+    SOLVERS[f"dpm{_k}"] = Solver(f"dpm{_k}", dpm_solver, singlestep_plan(_k), "ddim", _k)
+
+
+def dpmpp_multistep(order: int) -> SolverFn:
+    def solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+        """DPM-Solver++(2M/3M) (Lu et al. 2022b), data form: D̃ from the last outputs, then
+        x_t = (σ_t/σ_s)·x + (1 − e^{−h})·D̃. Warm-up at lower order; first order into σ = 0."""
+        d_hist: list[Tensor] = []
+        h_hist: list[float] = []
+        for s, t in _pairs(sigmas):
+            d_hist = (d_hist + [path.denoise(x, s)])[-order:]
+            d = d_hist[-1]
+            if t > 0 and len(d_hist) >= 2:
+                h = math.log(s / t)
+                r0 = h_hist[-1] / h
+                d1_0 = (d - d_hist[-2]) / r0
+                if len(d_hist) == 2:
+                    d = d + 0.5 * d1_0
+                else:
+                    r1 = h_hist[-2] / h
+                    d1_1 = (d_hist[-2] - d_hist[-3]) / r1
+                    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+                    d2 = (d1_0 - d1_1) / (r0 + r1)
+                    phi_1 = -math.expm1(-h)
+                    phi_2 = math.expm1(-h) / h + 1
+                    phi_3 = (math.expm1(-h) + h) / h**2 - 0.5
+                    d = d + (phi_2 / phi_1) * d1 - (phi_3 / phi_1) * d2
+            if t > 0:
+                h_hist.append(math.log(s / t))
+            x = ddim_step(x, path.correct(x, s, d), s, t)
+        return x
+
+    return solver
+
+
+SOLVERS["dpmpp2m"] = Solver("dpmpp2m", dpmpp_multistep(2), one_per_step, "ddim", 2)
+SOLVERS["dpmpp3m"] = Solver("dpmpp3m", dpmpp_multistep(3), one_per_step, "ddim", 3)
+
+
+@lru_cache(maxsize=64)
+def deis_coefficients(sigmas: tuple, schedule, order: int, nodes: int = 8) -> tuple:
+    """C_ij = ∫_{σ_i}^{σ_{i+1}} L_j(t(σ)) dσ, j = 0 … min(i, order), with L_j the Lagrange basis in the
+    schedule's time on t_i, t_{i−1}, …: the tAB coefficients of DEIS (Zhang & Chen 2022) in VE form,
+    where the exponential-integrator kernel is dσ. Composite Gauss–Legendre in float64, one panel
+    per unit of discrete time (t(σ) is smooth within them)."""
+    gx, gw = np.polynomial.legendre.leggauss(nodes)
+    sig = np.asarray(sigmas, dtype=np.float64)
+    ts = schedule.t(torch.tensor(sig)).numpy()
+    table = []
+    for i in range(len(sig) - 1):
+        lo, hi = sig[i + 1], sig[i]
+        if schedule.discrete:
+            knots = schedule.sigma(torch.arange(math.ceil(ts[i + 1]), math.floor(ts[i]) + 1,
+                                                dtype=torch.float64)).numpy()
+            edges = np.unique(np.concatenate([[lo, hi], knots[(knots > lo) & (knots < hi)]]))
+        else:
+            edges = np.array([lo, hi])
+        a, b = edges[:-1, None], edges[1:, None]
+        s_q = ((b - a) / 2 * gx + (a + b) / 2).ravel()
+        w_q = ((b - a) / 2 * gw).ravel()
+        t_q = schedule.t(torch.tensor(s_q)).numpy()
+        nodes_t = ts[i - np.arange(min(i, order) + 1)]
+        row = []
+        for j, tj in enumerate(nodes_t):
+            basis = np.ones_like(t_q)
+            for m, tm in enumerate(nodes_t):
+                if m != j:
+                    basis *= (t_q - tm) / (tj - tm)
+            row.append(-float(np.sum(w_q * basis)))  # integral from σ_i down to σ_{i+1}
+        table.append(tuple(row))
+    return tuple(table)
+
+
+def deis(order: int) -> SolverFn:
+    def solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+        """DEIS tAB-r (Zhang & Chen 2022): x_{i+1} = x_i + Σ_j C_ij ε_{i−j} on the last r+1 outputs
+        (fewer while the history is short); coefficients computed once per grid."""
+        table = deis_coefficients(tuple(sigmas.tolist()), schedule_of(path.denoiser), order)
+        eps: list[Tensor] = []
+        for (s, t), coeffs in zip(_pairs(sigmas), table):
+            eps = (eps + [_eps(x, path.denoise(x, s), s)])[-(order + 1):]
+            e = sum(c * eps[-1 - j] for j, c in enumerate(coeffs)) / (t - s)
+            x = ddim_step(x, path.correct(x, s, x - s * e), s, t)
+        return x
+
+    return solver
+
+
+for _r in (1, 2, 3):
+    SOLVERS[f"deis{_r}"] = Solver(f"deis{_r}", deis(_r), one_per_step, f"deis{_r}", _r + 1)

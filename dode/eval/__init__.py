@@ -1,0 +1,1 @@
+"""Evaluation: datasets (the embedded digits set, uint8 conversion) and metrics (FD-digits, FID)."""

@@ -1,0 +1,190 @@
+"""D-ODE distillation (Kim, Tang & Yu, CVPR 2024): greedy closed-form fit of the per-evaluation
+parameters of a :class:`~dode.core.path.Correction` against a K× finer teacher (paper Eq. 13–14).
+
+The teacher — DDIM for DDIM, DPM-Solver and DPM-Solver++ students, the student's own method for
+iPNDM, DEIS, Euler and Heun (methods.md) — runs on the student's evaluation times, each interval
+refined K times in the grid's own spacing, so every student time is a teacher time. Then the student
+runs evaluation by evaluation: the state after evaluation k (the input of evaluation k+1, or the
+final sample) is affine in θ_k, ``x(θ_k) = a + Σ_m θ_{k,m} b_m``, so
+
+    θ_k = argmin ‖x_teacher − a − B θ‖²   (one column per feature; λ_k = ⟨x_teacher − a, b⟩/⟨b, b⟩)
+
+over the whole batch in float64, and the student continues with θ_k before θ_{k+1} is fitted. The
+columns come from replaying the solver with unit parameters: evaluations already made are served
+from a cache, so the fit costs one teacher run plus one student run of network evaluations.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from dode import __version__
+from dode.core.denoisers import native_prediction
+from dode.core.path import Correction, ModelPath, check_form
+from dode.core.sampling import run_solver, solver_grid
+from dode.core.schedules import Grid, refine, schedule_of
+from dode.core.solvers import Solver, get_solver
+
+__all__ = ["Correction", "fit_correction", "fit_lambdas", "teacher_states", "student_points"]
+
+
+StepTarget = Callable[[int, Tensor, float, float], Tensor]
+
+
+class _Stop(Exception):
+    def __init__(self, x: Tensor, sigma: float):
+        self.x, self.sigma = x, sigma
+
+
+class _ReplayPath(ModelPath):
+    """Serves cached outputs for evaluations already made and stops at evaluation ``stop_at``."""
+
+    def __init__(self, denoiser, correction: Correction, cache: list, stop_at: int):
+        super().__init__(denoiser, correction)
+        self.cache, self.stop_at, self.inputs = cache, stop_at, []
+
+    def _evaluate(self, x: Tensor, sigma: float) -> Tensor:
+        k = self.nfe
+        if k == self.stop_at:
+            raise _Stop(x, sigma)
+        self.inputs.append(x)
+        if k == len(self.cache):
+            self.cache.append(super()._evaluate(x, sigma))
+        return self.cache[k]
+
+
+class _RecordingPath(ModelPath):
+    """Keeps the last state passed to the model at each σ of ``wanted`` (the teacher's states)."""
+
+    def __init__(self, denoiser, wanted: set):
+        super().__init__(denoiser)
+        self.wanted, self.states = wanted, {}
+
+    def _evaluate(self, x: Tensor, sigma: float) -> Tensor:
+        if sigma in self.wanted:
+            self.states[sigma] = x
+        return super()._evaluate(x, sigma)
+
+
+class _DryDenoiser:
+    """A stand-in model (returns its input) to trace at which σ a solver evaluates."""
+
+    def __init__(self, denoiser):
+        self.sigma_min, self.sigma_max = denoiser.sigma_min, denoiser.sigma_max
+        self.schedule = schedule_of(denoiser)
+
+    def __call__(self, x, sigma):
+        return x
+
+
+def student_points(denoiser, spec: Solver, sigmas: Tensor, plan: list) -> tuple[list[float], list[float]]:
+    """(σ after each evaluation — the next evaluation's σ or the final σ —, distinct decreasing
+    points the teacher must pass through)."""
+    path = ModelPath(_DryDenoiser(denoiser))
+    spec.fn(path, torch.zeros(1, 1), sigmas, plan)
+    after = path.sigmas[1:] + [float(sigmas[-1])]
+    points = sorted(set(path.sigmas + [float(sigmas[-1])]), reverse=True)
+    return after, points
+
+
+def teacher_states(denoiser, noise: Tensor, teacher: str, points: list[float], scale: int,
+                   grid: Grid = None) -> tuple[dict, dict]:
+    """States of ``teacher`` at every σ of ``points`` (each interval refined ``scale`` times; for
+    discrete-time models K·N is capped at T, with a warning). Returns (states, info)."""
+    spec = get_solver(teacher)
+    sched = schedule_of(denoiser)
+    n = len(points) - 1
+    if sched.discrete and scale * n > sched.T:
+        capped = max(1, sched.T // n)
+        warnings.warn(f"K·N = {scale}·{n} exceeds the model's T = {sched.T} timesteps; using K = {capped}")
+        scale = capped
+    fine = refine(torch.tensor(points, dtype=torch.float64), scale, denoiser, grid)
+    plan = spec.plan_for_steps(len(fine) - 1, bool(fine[-1] == 0))
+    path = _RecordingPath(denoiser, set(points))
+    final = run_solver(path, spec, noise, fine, plan)
+    path.states[float(fine[-1])] = final
+    return path.states, {"teacher": teacher, "teacher_scale": scale, "teacher_nfe": path.nfe}
+
+
+def _least_squares(cols: list[Tensor], residual: Tensor) -> list[float]:
+    """argmin_θ ‖residual − Σ θ_m cols_m‖² in float64 over the whole batch."""
+    A = torch.stack([c.reshape(-1).double() for c in cols], 1)
+    r = residual.reshape(-1, 1).double()
+    if A.shape[1] == 1:
+        bb = float((A * A).sum())
+        return [float((A * r).sum()) / bb if bb > 0 else 0.0]
+    return torch.linalg.lstsq(A, r, driver="gelsd").solution.flatten().tolist()
+
+
+def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10, scale: int = 10,
+                   form: str = "dode", grid: Grid = None, teacher: str | None = None,
+                   targets: Sequence[Tensor] | StepTarget | None = None, progress: bool = False,
+                   **provenance) -> Correction:
+    """Fit a correction of ``form`` for ``solver`` at ``nfe`` on one batch of standard-normal ``noise``.
+
+    ``teacher`` overrides the solver's default teacher. ``targets`` replaces the teacher: either the
+    wanted state after each evaluation (e.g. planted targets), or a function
+    ``targets(k, x_start, sigma_start, sigma_next)`` of the student's own state at the start of the
+    step that evaluation k belongs to (the last model input at a σ above ``sigma_next``) — IIA's
+    fine-step targets. Extra keyword arguments (seed range, …) go into the provenance.
+    """
+    check_form(form)
+    start = time.perf_counter()
+    spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
+    after, points = student_points(denoiser, spec, sigmas, plan)
+    info: dict = {}
+    if targets is None:
+        states, info = teacher_states(denoiser, noise, teacher or spec.teacher, points, scale, grid)
+        targets = [states[s] for s in after]
+    teacher_seconds = time.perf_counter() - start
+    correction = Correction(form, [[] for _ in range(nfe)])
+    cache: list[Tensor] = []
+
+    def replay(stop: int) -> tuple[Tensor, float, ModelPath]:
+        path = _ReplayPath(denoiser, correction, cache, stop)
+        try:
+            return run_solver(path, spec, noise, sigmas, plan), float(sigmas[-1]), path
+        except _Stop as s:
+            return s.x, s.sigma, path
+
+    for k in tqdm(range(nfe), desc=f"fit {form} {solver}@{nfe}", disable=not progress, leave=False):
+        a, sigma_next, path = replay(k + 1)
+        assert sigma_next == after[k]
+        present = path.columns.get(k, [])
+        cols, used = [], []
+        for m, ok in enumerate(present):
+            if not ok:
+                continue
+            correction.theta[k] = [1.0 if j == m else 0.0 for j in range(len(present))]
+            cols.append(replay(k + 1)[0] - a)
+            used.append(m)
+        theta = [0.0] * len(present)
+        if cols:
+            if callable(targets):
+                j = max(i for i in range(k + 1) if path.sigmas[i] > sigma_next)
+                target = targets(k, path.inputs[j], path.sigmas[j], sigma_next)
+            else:
+                target = targets[k]
+            for m, v in zip(used, _least_squares(cols, target - a)):
+                theta[m] = v
+        correction.theta[k] = theta
+    correction.space = correction.space or native_prediction(denoiser)
+    correction.provenance = {
+        "solver": spec.name, "nfe": nfe, "form": form, "grid": grid if isinstance(grid, (str, type(None)))
+        else [float(v) for v in sigmas], "sigmas": [float(v) for v in sigmas], "scale": scale,
+        "batch": int(noise.shape[0]), **info, "fit_seconds": time.perf_counter() - start,
+        "teacher_seconds": teacher_seconds, "dode_version": __version__, **provenance,
+    }
+    return correction
+
+
+def fit_lambdas(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10, scale: int = 10,
+                grid: Grid = None) -> Tensor:
+    """D-ODE's λ (one per model evaluation, float64) for :func:`dode.sample` (paper Eq. 14)."""
+    return fit_correction(denoiser, noise, solver, nfe, scale, "dode", grid).lambdas
+

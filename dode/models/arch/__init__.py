@@ -1,0 +1,13 @@
+"""Architectures of the paper's pretrained models, with the official parameter names.
+
+* :class:`DDPMUNet` — the DDIM repository's ``Model`` (DDPM CIFAR-10, CelebA 64).
+* :class:`ADMUNet`, :class:`ADMEncoderUNet` — guided-/improved-diffusion's ``UNetModel`` and
+  ``EncoderUNetModel`` (ImageNet 64/128, LSUN 256, the ImageNet 128 classifier).
+* :mod:`dode.models.arch.edm_compat` — unpickling EDM's self-describing network pickles.
+
+Loading files, checksums and wrapping as denoisers: :mod:`dode.models.checkpoints`.
+"""
+from dode.models.arch.adm import ADMEncoderUNet, ADMUNet, adm_channel_mult
+from dode.models.arch.ddpm_unet import DDPMUNet
+
+__all__ = ["DDPMUNet", "ADMUNet", "ADMEncoderUNet", "adm_channel_mult"]

@@ -1,1 +1,0 @@
-"""Networks shipped with dode (the embedded digits models)."""

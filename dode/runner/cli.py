@@ -1,0 +1,127 @@
+"""``dode-run``: the Hydra experiment runner (fit → generate → metric → runs.csv). See docs/runner.md.
+
+The config tree is the repository's ``conf/`` (one tree for everyone). ``dode/conf`` is a symbolic
+link to it, so a source checkout, ``pip install -e .`` and a wheel (setuptools copies the linked
+files as package data) all see the same files. It is found, in order, at ``$DODE_CONF``, at
+``dode/conf``, or at ``conf/`` next to the package.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from dode.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def config_dir() -> Path:
+    """The directory of ``config.yaml`` (see the module docstring)."""
+    env = os.environ.get("DODE_CONF")
+    here = Path(__file__).resolve().parent.parent  # dode/
+    candidates = [Path(env)] if env else [here / "conf", here.parent / "conf"]
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return c.resolve()
+    where = ", ".join(str(c) for c in candidates)
+    raise SystemExit(f"dode-run: error: no config tree found (looked for config.yaml in {where}); "
+                     "set DODE_CONF to the repository's conf/ folder")
+
+
+def _choices() -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra/")}
+
+
+def _none_distill() -> dict:
+    """The ``distill=none`` node (for the base solver next to a correction), composed like the rest."""
+    from omegaconf import OmegaConf
+
+    try:
+        from hydra import compose
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = [o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith("distill")]
+        cfg = compose(config_name="config", overrides=overrides + ["distill=none"])
+        return OmegaConf.to_container(cfg.distill, resolve=True)
+    except Exception:  # compose unavailable (e.g. restored remote job): the file itself
+        return OmegaConf.to_container(OmegaConf.load(config_dir() / "distill" / "none.yaml"), resolve=True)
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def app(cfg) -> list[dict] | None:
+    """One Hydra job: build the points, run them on every process, print the summary table."""
+    from dode.runner import experiment
+    from dode.runner.distributed import launch
+
+    try:
+        try:
+            points = experiment.build_points(cfg, _choices(), _none_distill())
+            lc = cfg.launcher
+            rows = launch(experiment.execute, {"points": points}, world_size=int(cfg.world_size),
+                          launcher=str(lc.name), device=str(cfg.device), backend=lc.get("backend"),
+                          threads_per_worker=lc.get("threads_per_worker"), timeout_min=float(lc.get("timeout_min", 600)))
+        except UserError as e:
+            _fail(str(e))
+            return None
+        except KeyboardInterrupt:
+            print("\ndode-run: interrupted. Everything finished so far is kept; rerun the same command to resume.",
+                  file=sys.stderr)
+            sys.exit(EXIT_INTERRUPTED)
+        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
+            print()
+            print(experiment.summary(points))
+        return rows
+    finally:
+        sys.stdout.flush()
+
+
+def _fail(msg: str) -> None:
+    print(f"dode-run: error: {msg}", file=sys.stderr)
+    if not _multirun():  # in a sweep the other jobs go on
+        sys.exit(EXIT_USER_ERROR)
+
+
+def check_group_options(argv: list[str], conf: Path) -> str | None:
+    """A readable message for ``group=option`` arguments naming no file of ``conf/<group>/`` (Hydra
+    would report it too, with its search path and a hint about stack traces), or None."""
+    if any(a.startswith("hydra.searchpath") for a in argv):
+        return None  # options may live in other config folders: let Hydra decide
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        folder = conf / key
+        if key.startswith("hydra") or not folder.is_dir() or any(c in value for c in "()[]{}$*"):
+            continue
+        valid = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in value.split(","):
+            if option and option != "null" and option not in valid:
+                return (f"unknown {key} option {option!r} in `{arg}`.\n  valid {key} options: {', '.join(valid)}\n"
+                        f"  (files in {folder}; `dode-run --help` lists every group)")
+    return None
+
+
+def main() -> None:
+    import hydra
+
+    conf = config_dir()
+    msg = check_group_options(sys.argv[1:], conf)
+    if msg:
+        print(f"dode-run: error: {msg}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(app)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,572 @@
+"""dode.report.report: tables and figures from a small synthetic runs.csv, and the paper make targets.
+
+Fast: the synthetic runs.csv has known values, so every cell of every table is checked exactly; the
+computed figures run on an analytic Gaussian-mixture model with a short DDIM run; the make targets
+are expanded with `make -n` and every dode-run command they print is composed with Hydra's compose
+API on the repository's conf/ (sweeps split as Hydra's basic sweeper does) and turned into the
+runner's points, which checks names, NFE, seeds, sizes and — on digits — K·N ≤ T with the model.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dode.report import report
+
+REPO = Path(__file__).resolve().parents[2]
+MK = REPO / "mk" / "paper.mk"
+PAPER = sorted(Path("/work/shared/papers").glob("000_*.txt"))
+
+COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples", "metric",
+           "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir"]
+
+
+# ----------------------------------------------------------------------------------- synthetic runs
+REFERENCE_VALUE = {1000: 5.0, 399: 10.0}
+
+
+def value_of(solver, distill, nfe, seed, scale=10, batch=100, lam=None, fit_seed=0):
+    """A known value per row: base 100/nfe·10, D-ODE lower, seeds ±1 around the mean."""
+    if nfe in REFERENCE_VALUE:  # the models' reference solvers (ddim 1000, heun 399)
+        return REFERENCE_VALUE[nfe] + (seed - 1)
+    base = {"ddim": 200.0, "ipndm": 150.0, "heun": 300.0}[solver] / nfe
+    off = {"none": 0.0, "dode": -0.3 * base, "dode_sep": 50.0, "dode_all": 80.0, "dode_2": 1.0, "iia": -0.2 * base,
+           "s4s": -0.5 * base, "s4s_fd": -0.6 * base, "s4s_alt": -0.7 * base}.get(distill, 0.0)
+    if distill in ("fixed", "lookahead"):
+        off = abs(lam - (0.5 if distill == "fixed" else 1.0)) * 3 - (2 if distill == "fixed" else 1)
+    if distill == "dode":
+        off -= (scale - 10) * 0.1 + (batch - 100) * 0.01
+    return base + off + (seed - 1) + 0.0 * fit_seed
+
+
+def make_results(root: Path, num_samples: int = 500) -> Path:
+    rows = []
+
+    def add(ck, solver, distill, nfe, seeds=(0, 1, 2), scale=10, batch=100, fit_seed=0, lam=None, n=num_samples,
+            paired=False):
+        fits = distill not in ("none", "fixed", "lookahead")
+        name = f"{solver}-nfe{nfe}-{distill}" + (f"-K{scale}-B{batch}-f{fit_seed}" if fits else "") + \
+               (f"-lam{lam}" if lam is not None else "") + f"-n{n}"
+        folder = root / "digits" / ck / name
+        folder.mkdir(parents=True, exist_ok=True)
+        if lam is not None:
+            (folder / "run.json").write_text(json.dumps({"point": {"distill": {"name": distill, "lam": lam}}}))
+        for s in seeds:
+            fs = s if paired else fit_seed
+            rows.append({"dataset": "digits", "checkpoint": ck, "solver": solver, "distill": distill, "nfe": nfe,
+                         "scale": scale if fits else None, "batch": batch if fits else None, "seed": s,
+                         "num_samples": n, "metric": "fd_digits",
+                         "value": value_of(solver, distill, nfe, s, scale, batch, lam, fs),
+                         "fit_seconds": 2.0 + nfe / 10 if fits else None,
+                         "sample_seconds": 0.01 * nfe * n / 100 * (1.0 + 0.1 * s), "metric_seconds": 0.1,
+                         "fit_seed": fs if fits else None, "run_dir": str(folder)})
+        return folder
+
+    for nfe in (3, 5, 10, 25, 50):
+        for solver in ("ddim", "ipndm"):
+            add("digits-ddpm", solver, "none", nfe)
+            add("digits-ddpm", solver, "dode", nfe)
+    for nfe in (10, 25, 50):
+        for dist in ("dode_sep", "dode_all", "dode_2"):
+            add("digits-ddpm", "ddim", dist, nfe)
+        for lam in (0.25, 0.5, 1.0):
+            add("digits-ddpm", "ddim", "fixed", nfe, lam=lam)
+            add("digits-ddpm", "ddim", "lookahead", nfe, lam=lam)
+        for k in (5, 20):
+            for s in (0, 1, 2):
+                add("digits-ddpm", "ddim", "dode", nfe, seeds=(s,), scale=k, fit_seed=s, paired=True)
+        for b in (5, 50):
+            for s in (0, 1, 2):
+                add("digits-ddpm", "ddim", "dode", nfe, seeds=(s,), batch=b, fit_seed=s, paired=True)
+        for s in (1, 2):  # K = 10, B = 100 with its own fit per seed (seed 0 is the main run)
+            add("digits-ddpm", "ddim", "dode", nfe, seeds=(s,), fit_seed=s, paired=True)
+    for nfe in (10, 25):
+        for s in (0, 1, 2):
+            add("digits-ddpm", "ddim", "dode", nfe, seeds=(s,), scale=30, fit_seed=s, paired=True)
+    # table-learned: DDIM and its learned variants on both models, and each model's reference solver
+    for ck in ("digits-ddpm", "digits-edm"):
+        for nfe in (3, 5, 10):
+            for dist in ("none", "dode", "iia", "s4s", "s4s_fd", "s4s_alt"):  # no s4s_alt_fd: its row is left out
+                if ck == "digits-edm" or dist not in ("none", "dode"):
+                    add(ck, "ddim", dist, nfe)
+    add("digits-ddpm", "ddim", "none", 1000)
+    add("digits-edm", "heun", "none", 399)
+    # a smoke run with another num_samples must never mix in
+    add("digits-ddpm", "ddim", "none", 10, seeds=(0,), n=50)
+    for nfe in (3, 5, 11):
+        add("digits-edm", "heun", "none", nfe)
+        add("digits-edm", "heun", "dode", nfe)
+    # sample shards for Fig. 6 (seed 0 of the EDM runs)
+    for p in (root / "digits" / "digits-edm").iterdir():
+        sd = p / "seed-0" / "samples"
+        sd.mkdir(parents=True, exist_ok=True)
+        imgs = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
+        np.savez(sd / "shard-0000000-0000020.npz", images=imgs, indices=np.arange(20), seed=0)
+    pd.DataFrame(rows, columns=COLUMNS).to_csv(root / "runs.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    return make_results(tmp_path_factory.mktemp("results"))
+
+
+def options(results: Path, **kw) -> report.Options:
+    return report.Options(results=results, dataset="digits", quiet=True, **kw)
+
+
+def md_rows(path: Path, title_contains: str = "") -> dict:
+    """{first cell: [cells]} of the first Markdown table (after a title containing the string)."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.startswith("### ") and title_contains in l)
+    out, seen = {}, False
+    for l in lines[start + 1:]:
+        if l.startswith("### "):
+            break
+        if l.startswith("|"):
+            cells = [c.strip() for c in l.strip("|").split("|")]
+            if not seen:
+                out["__header__"] = cells
+                seen = True
+            elif not set(cells[0]) <= {"-", ":"}:
+                out[cells[0]] = cells[1:]
+    return out
+
+
+def md_list(path: Path) -> list[list[str]]:
+    """Every row (header first) of the first Markdown table of a file."""
+    out = []
+    for l in path.read_text().splitlines():
+        if l.startswith("|"):
+            cells = [c.strip() for c in l.strip("|").split("|")]
+            if not set(cells[0]) <= {"-", ":"}:
+                out.append(cells)
+        elif out:
+            break
+    return out
+
+
+def pm(mean, std):
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def test_fmt_and_stats():
+    assert report.fmt_pm(*report.stats([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
+    assert report.fmt_pm(*report.stats([4.0])) == "4.00"
+    assert report.fmt_pm(*report.stats([])) == "—"
+    assert report.fmt_pm(*report.stats([1.0, float("nan"), 3.0])) == pm(2.0, math.sqrt(2))
+    assert report.method_label("ddim", "dode_sep") == "D-DDIM-Sep"
+    assert report.method_label("heun", "dode") == "D-EDM"
+    assert report.method_label("ddim", "lookahead") == "LA-DDIM"
+    assert report.method_label("ddim", "fixed") == "Fixed-D-DDIM"
+
+
+def test_load_runs_reads_lambda_of_fixed_runs(results):
+    df = report.load_runs(results)
+    fixed = df[df["distill"] == "fixed"]
+    assert sorted(fixed["lam"].unique()) == [0.25, 0.5, 1.0]
+    assert df[df["distill"] == "dode"]["lam"].isna().all()
+
+
+# ------------------------------------------------------------------------------------------- tables
+def test_table_formulations(results):
+    opt = options(results)
+    files = report.render(["table-formulations"], opt)
+    md = opt.tables / "formulations-digits-digits-ddpm.md"
+    assert md in files and (opt.tables / "formulations-digits-digits-ddpm.csv") in files
+    rows = md_rows(md, "Formulations")
+    assert rows["__header__"] == ["NFE", "10", "25", "50"]
+    assert list(rows)[1:] == ["DDIM", "D-DDIM-Sep", "D-DDIM-All", "D-DDIM", "D-DDIM-2"]  # the paper's order
+    for label, dist in (("DDIM", "none"), ("D-DDIM-Sep", "dode_sep"), ("D-DDIM", "dode"), ("D-DDIM-2", "dode_2")):
+        for cell, nfe in zip(rows[label], (10, 25, 50)):
+            vals = [value_of("ddim", dist, nfe, s) for s in (0, 1, 2)]
+            assert cell == pm(np.mean(vals), np.std(vals, ddof=1)), (label, nfe)
+    assert rows["DDIM"][0] == "20.00 ± 1.00"  # the 50-sample smoke row is not mixed in
+    diff = md_rows(md, "Paired")
+    assert diff["D-DDIM-Sep − DDIM"] == ["+50.00 ± 0.00"] * 3
+    assert diff["D-DDIM − DDIM"][0] == f"{-0.3 * 20:+.2f} ± 0.00"
+    assert diff["D-DDIM-All − D-DDIM"][0] == f"{80 + 0.3 * 20:+.2f} ± 0.00"
+    paper = md_rows(md, "Published")
+    assert paper["D-DDIM"] == ["8.67", "8.18", "6.55"] and paper["D-DDIM-All"] == ["179.67", "36.65", "18.48"]
+    csv = pd.read_csv(opt.tables / "formulations-digits-digits-ddpm.csv")
+    assert {"method", "distill", "nfe", "mean", "std", "n"} <= set(csv.columns)
+    assert len(csv) == 15 and (csv["n"] == 3).all()
+
+
+def test_table_ablation_scale_pairs_fit_seeds_and_marks_capped_k(results):
+    opt = options(results)
+    report.render(["table-ablation-scale"], opt)
+    rows = md_rows(opt.tables / "ablation-scale-digits-digits-ddpm.md", "Ablation")
+    assert rows["__header__"] == ["NFE", "10", "25", "50"]
+    assert list(rows)[1:] == ["K = 5", "K = 10", "K = 20", "K = 30", "DDIM (no λ)"]
+    for k in (5, 10, 20):
+        for cell, nfe in zip(rows[f"K = {k}"], (10, 25, 50)):
+            vals = [value_of("ddim", "dode", nfe, s, scale=k) for s in (0, 1, 2)]
+            assert cell == pm(np.mean(vals), np.std(vals, ddof=1))
+    # K = 30 at NFE 50: K·N > T = 1000; shows the K = 20 run in parentheses with a dagger
+    k20 = [value_of("ddim", "dode", 50, s, scale=20) for s in (0, 1, 2)]
+    assert rows["K = 30"][2] == f"({pm(np.mean(k20), np.std(k20, ddof=1))})†"
+    assert rows["K = 30"][0] != rows["K = 30"][2]
+    diff = md_rows(opt.tables / "ablation-scale-digits-digits-ddpm.md", "Paired")
+    assert list(diff)[1:] == ["K = 5 − K = 10", "K = 20 − K = 10", "K = 30 − K = 10"]
+    assert diff["K = 5 − K = 10"] == ["+0.50 ± 0.00"] * 3 and diff["K = 30 − K = 10"][2] == "—"
+    text = (opt.tables / "ablation-scale-digits-digits-ddpm.md").read_text()
+    assert "† K·N > T = 1000" in text
+
+
+def test_table_ablation_batch(results):
+    opt = options(results)
+    report.render(["table-ablation-batch"], opt)
+    rows = md_rows(opt.tables / "ablation-batch-digits-digits-ddpm.md", "Ablation")
+    assert list(rows)[1:] == ["B = 5", "B = 50", "B = 100", "DDIM (no λ)"]
+    for b in (5, 50, 100):
+        vals = [value_of("ddim", "dode", 25, s, batch=b) for s in (0, 1, 2)]
+        assert rows[f"B = {b}"][1] == pm(np.mean(vals), np.std(vals, ddof=1))
+
+
+def test_table_lookahead_picks_best_lambda_and_shows_grid(results):
+    opt = options(results)
+    files = report.render(["table-lookahead"], opt)
+    md = opt.tables / "lookahead-digits-digits-ddpm.md"
+    rows = md_rows(md, "Fixed-D-DDIM and LA-DDIM")
+    assert list(rows)[1:] == ["DDIM", "D-DDIM", "Fixed-D-DDIM", "LA-DDIM"]
+    best_fixed = [value_of("ddim", "fixed", 10, s, lam=0.5) for s in (0, 1, 2)]
+    assert rows["Fixed-D-DDIM"][0] == f"{pm(np.mean(best_fixed), np.std(best_fixed, ddof=1))} (λ = 0.5)"
+    assert rows["LA-DDIM"][0].endswith("(λ = 1)")
+    grid = md_rows(md, "grid search")
+    assert len(grid) - 1 == 6 and "Fixed-D-DDIM λ = 0.25" in grid
+    assert "{0.25, 0.5, 1}" in md.read_text()
+    png = opt.figures / "lookahead-grid-digits-digits-ddpm.png"
+    assert png in files and png.stat().st_size > 1000
+
+
+def test_table_time_extrapolates_to_50k(results):
+    opt = options(results)
+    report.render(["table-time"], opt)
+    md = opt.tables / "time-digits.md"
+    text = md.read_text()
+    assert "extrapolated linearly" in text and report.NOT_GIVEN in text
+    rows = md_rows(md, "Time of D-ODE")
+    assert rows["__header__"][:4] == ["checkpoint", "method", "NFE", "λ fit [s]"]
+    csv = pd.read_csv(opt.tables / "time-digits.csv")
+    r = csv[(csv["checkpoint"] == "digits-edm") & (csv["nfe"] == 5)].iloc[0]
+    per = [0.01 * 5 * 500 / 100 * (1 + 0.1 * s) / 500 * 50000 for s in (0, 1, 2)]
+    assert r["method"] == "D-EDM"
+    assert r["sample_seconds_50k"] == pytest.approx(np.mean(per))
+    assert r["fit_seconds"] == pytest.approx(2.5)
+    assert r["total_seconds"] == pytest.approx(2.5 + np.mean(per))
+    assert csv["method"].iloc[0] == "D-EDM"  # the paper's Table 1 is D-EDM: listed first
+    quoted = md_rows(md, "quoted")
+    assert any(k.startswith("Consistency distillation") for k in quoted)
+
+
+@pytest.mark.skipif(not PAPER, reason="the paper text is not in /work/shared/papers")
+def test_quotes_are_in_the_paper_text():
+    text = PAPER[0].read_text()
+    for _, _, _, said in report.QUOTED_COSTS:
+        for q in said.split('"')[1::2]:
+            assert q in text, q
+    for q in report.QUOTED_SAMPLING.split('"')[1::2]:
+        assert q in text
+
+
+# ------------------------------------------------------------------------------------------ figures
+def test_fig_fid_nfe_and_its_table(results):
+    opt = options(results)
+    files = report.render(["fig-fid-nfe"], opt)
+    for ck in ("digits-ddpm", "digits-edm"):
+        for ext in ("png", "pdf"):
+            f = opt.figures / f"fid-nfe-digits-{ck}.{ext}"
+            assert f in files and f.stat().st_size > 1000
+    rows = md_list(opt.tables / "fid-nfe-digits-digits-ddpm.md")
+    assert rows[0] == ["solver", "NFE", "base", "D-ODE", "D-ODE − base", "λ fit [s]"]
+    by = {(r[0], r[1]): r[2:] for r in rows[1:]}
+    assert len(by) == 10  # 2 solvers × 5 NFE
+    base = [value_of("ddim", "none", 3, s) for s in (0, 1, 2)]
+    dode = [value_of("ddim", "dode", 3, s) for s in (0, 1, 2)]
+    assert by[("DDIM / D-DDIM", "3")] == [pm(np.mean(base), 1.0), pm(np.mean(dode), 1.0),
+                                          f"{np.mean(dode) - np.mean(base):+.2f} ± 0.00", "2.3"]  # paired by seed
+    assert ("iPNDM / D-iPNDM", "50") in by
+
+
+def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
+    opt = options(results)
+    files = report.render(["table-learned"], opt)
+    for ck, ref, verdict in (("digits-ddpm", 5.0, "not met"), ("digits-edm", 10.0, "met")):
+        md = opt.tables / f"learned-digits-{ck}.md"
+        png = opt.figures / f"learned-digits-{ck}.png"
+        assert md in files and png in files and png.stat().st_size > 1000
+        rows = md_rows(md, "Learned solvers")
+        assert rows["__header__"] == ["NFE", "3", "5", "10"]  # only the NFE that were run, in order
+        assert list(rows)[1:] == ["DDIM", "D-DDIM", "IIA-DDIM", "S4S (DDIM)", "S4S (DDIM, features)", "S4S-Alt (DDIM)",
+                                  f"reference: {'DDIM, 1000 steps (NFE 1000)' if ref == 5.0 else 'EDM (Heun), 200 steps (NFE 399)'}"]
+        for label, dist in (("DDIM", "none"), ("IIA-DDIM", "iia"), ("S4S-Alt (DDIM)", "s4s_alt")):
+            assert rows[label] == [pm(np.mean([value_of("ddim", dist, n, s) for s in (0, 1, 2)]), 1.0)
+                                   for n in (3, 5, 10)]
+        assert set(list(rows.values())[-1]) == {pm(ref, 1.0)}
+        ratio = md_rows(md, "Ratio to the reference")
+        assert ratio["S4S (DDIM)"][1] == f"{(40.0 - 20.0) / ref:.2f}×"
+        fit = md_rows(md, "Fit time")
+        assert "DDIM" not in fit and fit["S4S (DDIM)"] == ["2.3", "2.5", "3.0"]  # 2 + nfe/10 in the fixture
+        best = 40.0 - 28.0  # S4S-Alt at NFE 5
+        assert (f"**{verdict}** — S4S-Alt (DDIM) {best:.2f} vs reference {ref:.2f}, ratio {best / ref:.2f}"
+                in md.read_text())
+        csv = pd.read_csv(opt.tables / f"learned-digits-{ck}.csv")
+        assert len(csv) == 6 * 3 + 1 and csv["mean"].iloc[-1] == pytest.approx(ref)
+        assert csv[(csv["distill"] == "s4s") & (csv["nfe"] == 5)]["fit_seconds"].item() == pytest.approx(2.5)
+
+
+def test_cells_repeated_by_an_older_run_folder_use_the_newest(tmp_path, capsys):
+    """Two configs with the same names (e.g. another distill.iters) must not be averaged together."""
+    import os
+
+    root = make_results(tmp_path / "r")
+    runs = pd.read_csv(root / "runs.csv")
+    rows = runs[(runs["checkpoint"] == "digits-ddpm") & (runs["distill"] == "s4s") & (runs["nfe"] == 5)].copy()
+    old = Path(rows["run_dir"].iloc[0])
+    new = old.with_name(old.name + "-other-config")
+    new.mkdir()
+    for folder, t in ((old, 1_000_000), (new, 2_000_000)):
+        (folder / "run.json").write_text("{}")
+        os.utime(folder / "run.json", (t, t))
+    rows["run_dir"], rows["value"] = str(new), rows["value"] + 100.0
+    pd.concat([runs, rows]).to_csv(root / "runs.csv", index=False)
+    opt = report.Options(results=root, dataset="digits", nfe=(5,))
+    report.render(["table-learned"], opt)
+    cell = md_rows(opt.tables / "learned-digits-digits-ddpm.md", "Learned")["S4S (DDIM)"]
+    assert cell == [pm(np.mean([value_of("ddim", "s4s", 5, s) for s in (0, 1, 2)]) + 100.0, 1.0)]
+    assert f"using the newest, ignoring: {old.name}" in capsys.readouterr().out
+    assert len(pd.read_csv(report.render(["table-runs"], opt)[0])) == len(runs) + 3  # table-runs keeps all
+
+
+def test_table_learned_needs_valid_teachers(results, capsys):
+    with pytest.raises(SystemExit):
+        report.parser().parse_args(["table-learned", "--teacher-edm", "heun"])
+    assert "expected SOLVER:NFE" in capsys.readouterr().err
+    opt = options(results, teachers={"noise": ("ddim", 999), "edm": ("heun", 399)}, nfe=(5,))
+    report.render(["table-learned"], opt)
+    text = (opt.tables / "learned-digits-digits-ddpm.md").read_text()
+    assert "reference:" not in text and "not measured" in text  # no run of that reference: said so, not guessed
+    assert md_rows(opt.tables / "learned-digits-digits-ddpm.md", "Learned")["__header__"] == ["NFE", "5"]
+
+
+def test_fig_samples_reads_shards(results):
+    opt = options(results)
+    opt.samples_nfe = {"heun": (3, 5, 11)}
+    files = report.render(["fig-samples"], opt)
+    png = opt.figures / "samples-digits-digits-edm.png"
+    assert png in files and png.stat().st_size > 1000
+    imgs = report.read_samples(Path(report.load_runs(results).query("checkpoint == 'digits-edm'")["run_path"].iloc[0]),
+                               0, 16)
+    assert imgs.shape == (16, 8, 8, 1) and imgs.dtype == np.uint8
+
+
+def test_table_runs_keeps_every_seed(results):
+    opt = options(results)
+    (path,) = report.render(["table-runs"], opt)
+    rows = pd.read_csv(path)
+    assert len(rows) == len(pd.read_csv(results / "runs.csv")) and "run_path" not in rows
+    assert sorted(rows[rows["distill"] == "lookahead"]["lam"].unique()) == [0.25, 0.5, 1.0]
+
+
+def test_missing_runs_csv_is_a_clear_error(tmp_path, capsys):
+    assert report.main(["table-formulations", "--results", str(tmp_path)]) == 2
+    assert "runs.csv not found" in capsys.readouterr().err
+    assert report.main(["no-such-table", "--results", str(tmp_path)]) == 2
+
+
+def _mixture():
+    import torch
+
+    from dode.core.oracle import GaussianMixture
+
+    g = torch.Generator().manual_seed(0)
+    return GaussianMixture(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64) * 0.5, stds=[0.2] * 3)
+
+
+def test_cosine_matrix_on_an_analytic_model():
+    import torch
+
+    from dode.report.figures import cosine_data
+
+    model = _mixture()
+    noise = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    sig, sim = cosine_data(model, noise, steps=40)
+    assert sim.shape == (40, 40) and len(sig) == 40
+    assert np.allclose(np.diag(sim), 1.0) and np.allclose(sim, sim.T)
+    assert np.mean([sim[i, i + 1] for i in range(39)]) > 0.9  # neighbouring outputs are highly correlated
+
+
+def test_trajectory_data_reference_passes_through_student_grid():
+    import torch
+
+    from dode import fit_correction
+    from dode.report.figures import _progress, trajectory_data
+
+    model = _mixture()
+    noise = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fit = torch.randn(32, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    corr = fit_correction(model, fit, "ddim", 5, 10, "dode")
+    t = trajectory_data(model, noise, "ddim", 5, corr, steps=100)
+    assert t["ref_steps"] == 100 and all(x is not None for x in t["ref_at_grid"])
+    assert len(t["base"]) == len(t["dode"]) == len(t["sigmas"]) == 6
+    u = _progress(t["sigmas"], t["ref_sigmas"])
+    assert u[0] == 0 and u[-1] == 1 and np.all(np.diff(u) > 0)
+
+    def err(name):
+        return float((t[name][-1] - t["ref"][-1]).pow(2).mean().sqrt())
+
+    assert err("dode") < err("base")  # fitted λ pulls the final sample towards the fine trajectory
+
+
+# ------------------------------------------------------------------------------------- make targets
+TARGETS = ["fig-fid-nfe", "table-time", "table-formulations", "table-ablation-scale", "table-ablation-batch",
+           "table-lookahead", "table-learned", "fig-cosine", "fig-trajectory", "fig-samples", "paper"]
+
+
+def make_commands(target: str, *args: str) -> list[list[str]]:
+    out = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(MK), target, *args], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    cmds = []
+    for line in out.splitlines():
+        tokens = shlex.split(line)
+        cmd: list[str] = []
+        for tok in tokens + ["&&"]:
+            if tok in ("&&", ";"):
+                if cmd and cmd != ["true"]:
+                    cmds.append(cmd)
+                cmd = []
+            else:
+                cmd.append(tok)
+    return cmds
+
+
+def compose_jobs(cmd: list[str]) -> list[list[str]]:
+    """A `dode-run -m ...` command → the override lists of its Hydra jobs (basic sweeper's split)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    assert Path(cmd[0]).name == "dode-run", cmd
+    args = [a for a in cmd[1:] if a not in ("-m", "--multirun")]
+    assert all("=" in a for a in args), args
+    parsed = OverridesParser.create().parse_overrides(args)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+_COMPOSED: dict = {}
+
+
+def _points(overrides: list[str], with_files: bool):
+    """The runner's points of one job (cached: `make paper` repeats the jobs of every target)."""
+    key = (tuple(overrides), with_files)
+    if key not in _COMPOSED:
+        _COMPOSED[key] = _compose_points(overrides, with_files)
+    return _COMPOSED[key]
+
+
+def _compose_points(overrides: list[str], with_files: bool):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from dode.runner import experiment
+    from dode.runner.cli import config_dir
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    none = OmegaConf.to_container(OmegaConf.load(config_dir() / "distill" / "none.yaml"))  # the runner's fallback
+    choices = dict(cfg.hydra.runtime.choices)
+    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+             for k in cfg if k != "hydra"}
+    if with_files:
+        return experiment.build_points(plain, choices, none)
+    # real checkpoints are not on this machine: the checks that need no files
+    nfes = plain["nfe"] if isinstance(plain["nfe"], list) else [plain["nfe"]]
+    pts = []
+    for n in nfes:
+        p = {**{k: plain[k] for k in ("dataset", "checkpoint", "eval", "solver", "scale", "batch", "fit_seed",
+                                      "num_samples", "batch_size", "shard_size", "dtype", "results_dir", "progress")},
+             "nfe": n, "seeds": plain["seeds"], "distill": plain["distill"],
+             "choices": {g: str(choices.get(g)) for g in ("dataset", "checkpoint", "eval", "solver", "distill")}}
+        experiment.check_point(p)
+        pts.append(p)
+    return pts
+
+
+_MODELS: dict = {}
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+@needs_make
+@pytest.mark.parametrize("target", TARGETS)
+def test_make_target_expands_to_valid_dode_run_commands_on_digits(target):
+    import torch
+
+    from dode.runner import experiment
+
+    cmds = make_commands(target)
+    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
+    renders = [c for c in cmds if c[:3] == ["python", "-m", "dode.report"]]
+    assert renders, cmds
+    assert all(Path(c[0]).name in ("dode-run", "python") for c in cmds), cmds
+    for c in renders:
+        a = report.parser().parse_args(c[3:])
+        assert all(w in report.ARTIFACTS for w in a.what) and a.dataset == "digits"
+    if target not in ("fig-cosine", "fig-trajectory"):
+        assert runs, f"{target} runs no sweep"
+    for cmd in runs:
+        assert "progress=false" in cmd and "num_samples=2000" in cmd  # digits: the small documented sweep
+        for job in compose_jobs(cmd):
+            points = _points(job, with_files=True)
+            assert points
+            for p in points:  # K·N ≤ T and the grid, with the (small) embedded model
+                ck = p["choices"]["checkpoint"]
+                if ck not in _MODELS:
+                    _MODELS[ck] = experiment.load_denoiser(p, "cpu")
+                with torch.no_grad():
+                    experiment.check_with_model(p, _MODELS[ck])
+
+
+@needs_make
+@pytest.mark.parametrize("target", ["fig-fid-nfe", "table-formulations", "table-ablation-scale", "table-lookahead",
+                                    "fig-samples"])
+def test_make_target_uses_paper_settings_on_a_real_checkpoint(target):
+    cmds = make_commands(target, "DATASET=cifar10")
+    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
+    assert runs
+    for cmd in runs:
+        assert "dataset=cifar10" in cmd and not any(a.startswith("num_samples=") for a in cmd)
+        for job in compose_jobs(cmd):
+            for p in _points(job, with_files=False):
+                assert p["num_samples"] == 50000 and p["eval"]["name"] == "fid50k"
+                assert p["choices"]["checkpoint"] in ("ddpm-cifar10", "edm-cifar10-32x32-uncond-vp")
+                if p["distill"].get("kind") == "dode" and target != "table-ablation-scale":
+                    assert p["scale"] == 10 and p["batch"] == 100
+                if p["choices"]["checkpoint"] == "ddpm-cifar10":  # K·N ≤ T = 1000 for the discrete model
+                    assert p["scale"] * p["nfe"] <= 1000
+
+
+@needs_make
+def test_fig_samples_falls_back_to_the_noise_model():
+    cmds = make_commands("fig-samples", "DATASET=celeba64")
+    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
+    assert len(runs) == 1 and "checkpoint=ddpm-celeba64" in runs[0] and "solver=ddim" in runs[0]
+    for job in compose_jobs(runs[0]):
+        assert _points(job, with_files=False)
+
+
+@needs_make
+def test_make_checkpoint_override_reaches_every_command():
+    cmds = make_commands("table-formulations", "DATASET=cifar10", "CHECKPOINT=diffusers-ddpm-cifar10-32")
+    assert any("checkpoint=diffusers-ddpm-cifar10-32" in c for c in cmds)
+    assert any("--checkpoint" in c and "diffusers-ddpm-cifar10-32" in c for c in cmds)
