@@ -27,7 +27,7 @@ import importlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ from dode.core.denoisers import EDMDenoiser, VPDenoiser
 from dode.errors import UserError
 from dode.core.schedules import DiscreteVPSchedule
 
-__all__ = ["CheckpointError", "LOADERS", "register_loader", "load_checkpoint", "draw_labels", "resolve_file",
+__all__ = ["CheckpointError", "LOADERS", "register_loader", "load_checkpoint", "resolve_file",
            "verify_checksum", "DiscreteNet", "ClassifierGuidance", "EDMNet", "schedule_from_config"]
 
 DEFAULT_DIR = "checkpoints"
@@ -552,37 +552,3 @@ def load_edm(cfg: Mapping, device=None) -> nn.Module:
     model = EDMNet(net, num_classes, force_fp32=None if fp16 is None else not fp16, name=str(cfg.get("name")))
     den = EDMDenoiser(model, float(cfg.get("sigma_min", 0.002)), float(cfg.get("sigma_max", 80.0)))
     return _finish(den, cfg, path, num_classes, res, channels, device)
-
-
-# --------------------------------------------------------------------------------------------------
-# class labels
-
-def _label_seed(seed: int) -> int:
-    """The generator seed for the label of sample ``seed``: a hash, so the label stream is independent
-    of the noise drawn from ``torch.Generator().manual_seed(seed)``."""
-    digest = hashlib.sha256(f"dode-class-label:{int(seed)}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def draw_labels(seeds: Iterable[int] | Tensor, num_classes: int, fixed: int | Sequence[int] | None = None) -> Tensor:
-    """One class label per sample seed, a LongTensor of shape ``(len(seeds),)``.
-
-    Each label depends on its own seed only (a ``torch.Generator`` seeded from a hash of the seed), so
-    a sample's label does not depend on batch size, batch composition or the device. ``fixed``: one
-    class for every sample, or one label per seed (validated)."""
-    seeds = [int(s) for s in (seeds.tolist() if isinstance(seeds, Tensor) else seeds)]
-    if int(num_classes) <= 0:
-        raise ValueError("draw_labels needs num_classes > 0 (the model is unconditional)")
-    if fixed is not None:
-        labels = (torch.full((len(seeds),), int(fixed), dtype=torch.long) if isinstance(fixed, int)
-                  else torch.as_tensor(list(fixed), dtype=torch.long))
-        if labels.shape != (len(seeds),):
-            raise ValueError(f"{labels.numel()} fixed labels for {len(seeds)} seeds")
-        if bool(((labels < 0) | (labels >= num_classes)).any()):
-            raise ValueError(f"class labels must lie in [0, {num_classes})")
-        return labels
-    out = torch.empty(len(seeds), dtype=torch.long)
-    for i, s in enumerate(seeds):
-        g = torch.Generator().manual_seed(_label_seed(s))
-        out[i] = torch.randint(int(num_classes), (1,), generator=g)
-    return out

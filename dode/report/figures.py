@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from dode.runner.points import load_model
+
 if TYPE_CHECKING:  # pragma: no cover
     from dode.report.report import Options
 
@@ -218,32 +220,13 @@ def _device(opt: "Options") -> str:
     return device
 
 
-def load_model(dataset: str, checkpoint: str, device: str = "cpu"):
-    """(denoiser, point) of ``checkpoint`` composed from the repository's conf/ like dode-run does."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from dode.runner import experiment
-    from dode.runner.cli import config_dir
-
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={dataset}", f"checkpoint={checkpoint}"])
-    c = OmegaConf.to_container(cfg, resolve=True)
-    point = {"checkpoint": c["checkpoint"], "dataset": c["dataset"], "choices": {"checkpoint": checkpoint}}
-    den = experiment.load_denoiser(point, device)
-    return den, point
-
-
 def _noise(point: dict, den, block: int, n: int, device: str):
     """The runner's noises (and class labels) of samples 0..n−1 of seed block ``block``."""
-    from dode.runner import experiment
+    from dode.runner import points, seeds as seeding
 
-    shape = experiment.image_shape(point, den)
-    noise, seeds = experiment.make_noise(block, range(n), shape)
-    experiment.set_labels(den, point, seeds, device)
+    shape = points.image_shape(point, den)
+    noise, seeds = seeding.make_noise(block, range(n), shape)
+    seeding.set_labels(den, point, seeds, device)
     return noise.to(device)
 
 
@@ -323,8 +306,8 @@ def cosine_figure(opt: "Options") -> list[Path]:
 def _lambdas_for(df, opt: "Options", ck: str, solver: str, nfe: int, den, point: dict, device: str):
     """The D-ODE correction of (checkpoint, solver, NFE): the run folder's lambdas.json when runs.csv has
     it (K, B and fit seed of the main tables), else fitted here on the runner's fit noises."""
-    from dode.runner import experiment
     from dode.learn.dode import fit_correction
+    from dode.runner.seeds import fit_block
     from dode.core.path import Correction
 
     if df is not None and len(df):
@@ -335,7 +318,7 @@ def _lambdas_for(df, opt: "Options", ck: str, solver: str, nfe: int, den, point:
             f = Path(p) / "lambdas.json"
             if f.is_file():
                 return Correction.load(f), f"{f}"
-    noise = _noise(point, den, experiment.fit_block(opt.fit_seed), opt.batch, device)
+    noise = _noise(point, den, fit_block(opt.fit_seed), opt.batch, device)
     import torch
 
     with torch.no_grad():

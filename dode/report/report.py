@@ -199,15 +199,9 @@ def _fixed_lambda(folder: Path) -> float:
 
 def checkpoint_config(name: str) -> dict:
     """``conf/checkpoint/<name>.yaml`` as a dict ({} when unknown)."""
-    try:
-        from omegaconf import OmegaConf
+    from dode.runner.config import group_option
 
-        from dode.runner.cli import config_dir
-
-        path = config_dir() / "checkpoint" / f"{name}.yaml"
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
-    except (Exception, SystemExit):
-        return {}
+    return group_option("checkpoint", name)
 
 
 def timesteps_of(checkpoint: str) -> int | None:
@@ -301,14 +295,9 @@ def metric_label(metric: str | None) -> str:
 def solver_label(solver: str) -> str:
     if solver in SOLVER_LABELS:
         return SOLVER_LABELS[solver]
-    try:
-        from omegaconf import OmegaConf
+    from dode.runner.config import group_option
 
-        from dode.runner.cli import config_dir
-
-        return str(OmegaConf.load(config_dir() / "solver" / f"{solver}.yaml").get("label", solver))
-    except (Exception, SystemExit):
-        return solver
+    return str(group_option("solver", solver).get("label", solver))
 
 
 def method_label(solver: str, distill: str, lam: float | None = None) -> str:

@@ -1,10 +1,4 @@
-"""``dode-run``: the Hydra experiment runner (fit → generate → metric → runs.csv). See docs/runner.md.
-
-The config tree is the repository's ``conf/`` (one tree for everyone). ``dode/conf`` is a symbolic
-link to it, so a source checkout, ``pip install -e .`` and a wheel (setuptools copies the linked
-files as package data) all see the same files. It is found, in order, at ``$DODE_CONF``, at
-``dode/conf``, or at ``conf/`` next to the package.
-"""
+"""``dode-run``: the Hydra experiment runner (fit → generate → metric → runs.csv). See docs/runner.md."""
 from __future__ import annotations
 
 import os
@@ -12,22 +6,10 @@ import sys
 from pathlib import Path
 
 from dode.errors import UserError
+from dode.runner.config import config_dir
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-
-def config_dir() -> Path:
-    """The directory of ``config.yaml`` (see the module docstring)."""
-    env = os.environ.get("DODE_CONF")
-    here = Path(__file__).resolve().parent.parent  # dode/
-    candidates = [Path(env)] if env else [here / "conf", here.parent / "conf"]
-    for c in candidates:
-        if (c / "config.yaml").is_file():
-            return c.resolve()
-    where = ", ".join(str(c) for c in candidates)
-    raise SystemExit(f"dode-run: error: no config tree found (looked for config.yaml in {where}); "
-                     "set DODE_CONF to the repository's conf/ folder")
 
 
 def _choices() -> dict:
@@ -115,7 +97,11 @@ def check_group_options(argv: list[str], conf: Path) -> str | None:
 def main() -> None:
     import hydra
 
-    conf = config_dir()
+    try:
+        conf = config_dir()
+    except UserError as e:
+        print(f"dode-run: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
     msg = check_group_options(sys.argv[1:], conf)
     if msg:
         print(f"dode-run: error: {msg}", file=sys.stderr)

@@ -42,19 +42,19 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from dode.errors import UserError
+from dode.runner.points import META_KEYS, image_shape, load_denoiser
+from dode.runner.seeds import (BLOCK, FIT_BLOCK, MAX_FIT_SEED, eval_block, fit_block, make_noise,  # noqa: F401
+                               set_labels, stream_seed)
 
-log = logging.getLogger("dode.runner.cli")
+log = logging.getLogger("dode.runner")
 
 FORMAT = 1
-BLOCK = 10**7  # samples per seed block: stream seed = block · 10⁷ + sample index
-FIT_BLOCK = 400  # evaluation seeds use blocks [0, 400), the λ fit blocks [400, 429)
-MAX_FIT_SEED = (2**32 // BLOCK) - FIT_BLOCK - 1  # 28: torch's CPU generator keeps 32 bits of a seed
 RUNS_CSV = "runs.csv"
 KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
@@ -125,51 +125,8 @@ def fixed_correction(denoiser, noise, point: dict, progress: bool, provenance: d
     return Correction.fixed(d.get("form", "dode"), float(d["lam"]), point["nfe"], fit_seconds=0.0, **provenance)
 
 
-# ---------------------------------------------------------------------------------- seeds / noise
-def stream_seed(block: int, index: int) -> int:
-    """The seed of sample ``index`` in seed block ``block`` (its own torch.Generator); < 2³²."""
-    if not (0 <= index < BLOCK and 0 <= block * BLOCK + index < 2**32):
-        raise UserError(f"sample index {index} of seed block {block} is outside the seed space")
-    return block * BLOCK + index
-
-
-def eval_block(seed: int) -> int:
-    return int(seed)
-
-
-def fit_block(fit_seed: int) -> int:
-    return FIT_BLOCK + int(fit_seed)
-
-
-def make_noise(block: int, indices: Iterable[int], shape: tuple, dtype=torch.float32) -> tuple[torch.Tensor, list[int]]:
-    """Standard-normal noise ``(n, *shape)``, one generator per sample (on the CPU, so identical on
-    every machine and device), and the samples' stream seeds (which also draw class labels)."""
-    seeds = [stream_seed(block, i) for i in indices]
-    out = torch.empty((len(seeds), *shape), dtype=dtype)
-    g = torch.Generator()
-    for j, s in enumerate(seeds):
-        g.manual_seed(s)
-        out[j] = torch.randn(shape, generator=g, dtype=dtype)
-    return out, seeds
-
-
-def set_labels(denoiser, point: dict, seeds: list[int], device: str) -> None:
-    """Class labels of a conditional model for the samples ``seeds``: ``denoiser.model_kwargs
-    ["class_labels"]`` drawn by :func:`dode.models.checkpoints.draw_labels` (each from its sample's seed)."""
-    n = int(point["checkpoint"].get("num_classes") or 0)
-    if not n:
-        return
-    from dode.models.checkpoints import draw_labels
-
-    labels = draw_labels(seeds, n, fixed=point["checkpoint"].get("class_label"))
-    denoiser.model_kwargs["class_labels"] = labels.to(device)
-
-
 # ------------------------------------------------------------------------------------ run folders
 _NOT_HASHED = {"label", "path", "description", "doc", "_doc", "source"}
-# config keys that describe a `_target_` model or metric rather than being its arguments
-_META = {"label", "description", "doc", "_doc", "source", "name", "loader", "channels", "resolution",
-         "num_classes", "class_label"}
 
 
 def _strip(node):
@@ -386,44 +343,13 @@ class Manifest:
 
 
 # ------------------------------------------------------------------------------- model and metric
-def load_denoiser(point: dict, device: str):
-    """The checkpoint as a denoiser: ``dode.models.checkpoints.load_checkpoint(cfg)``, or a factory given by
-    ``_target_`` in the checkpoint config (analytic and test models)."""
-    ck = point["checkpoint"]
-    if "_target_" in ck:
-        from hydra.utils import instantiate
-
-        den = instantiate({k: v for k, v in ck.items() if k not in _META})
-    else:
-        from omegaconf import OmegaConf
-
-        from dode.models.checkpoints import load_checkpoint
-
-        den = load_checkpoint(OmegaConf.create(ck), device=device)
-    if isinstance(den, torch.nn.Module):
-        den = den.to(device).eval().requires_grad_(False)
-    return den
-
-
-def image_shape(point: dict, denoiser) -> tuple[int, int, int]:
-    """(C, H, W) of the model's images: from the checkpoint config, else the dataset config."""
-    for node in (point["checkpoint"], point["dataset"]):
-        c, r = node.get("channels"), node.get("resolution")
-        if c and r:
-            return int(c), int(r), int(r)
-    shape = getattr(denoiser, "shape", None)
-    if shape is not None and len(shape) == 3:
-        return tuple(int(v) for v in shape)
-    raise UserError("the image shape is unknown: give the checkpoint (or dataset) config `channels` and `resolution`")
-
-
 def metric_name(point: dict) -> str:
     ev = point["eval"]
     return str(ev.get("metric") or ev.get("name") or point["choices"]["eval"])
 
 
 def _metric_kwargs(point: dict, device: str) -> dict:
-    kw = {k: v for k, v in point["eval"].items() if k not in _META and k != "metric"}
+    kw = {k: v for k, v in point["eval"].items() if k not in META_KEYS and k != "metric"}
     kw.setdefault("dataset", point["dataset"].get("name", point["choices"]["dataset"]))
     if kw.get("device") in (None, "auto"):
         kw["device"] = device
@@ -474,7 +400,7 @@ def compute_metric(images: np.ndarray, point: dict, device: str, progress: bool)
     if "_target_" in ev:
         from hydra.utils import instantiate
 
-        out = instantiate({k: v for k, v in ev.items() if k not in _META}, _partial_=True)(images)
+        out = instantiate({k: v for k, v in ev.items() if k not in META_KEYS}, _partial_=True)(images)
         out = dict(out) if isinstance(out, dict) else {"value": out}
     else:
         from dode.eval import metrics

@@ -479,7 +479,7 @@ def _compose_points(overrides: list[str], with_files: bool):
     from omegaconf import OmegaConf
 
     from dode.runner import experiment
-    from dode.runner.cli import config_dir
+    from dode.runner.config import config_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
