@@ -761,9 +761,10 @@ def run_point(point: dict, denoiser, ctx, weights: str | None = None) -> list[di
 
 
 # --------------------------------------------------------------------------------- points, summary
-def build_points(cfg, choices: dict, none_distill: dict | None = None) -> list[dict]:
+def build_points(cfg, choices: dict, none_distill: dict | None = None, with_files: bool = True) -> list[dict]:
     """The points of a ``dode-run`` config: every NFE of ``nfe``, the base solver first when
-    ``compare_base`` and a correction is chosen."""
+    ``compare_base`` and a correction is chosen. ``with_files``: also check that the checkpoint and
+    the metric's reference statistics exist (:func:`check_files`)."""
     from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
@@ -787,7 +788,8 @@ def build_points(cfg, choices: dict, none_distill: dict | None = None) -> list[d
             p = {**base, "nfe": nfe, "distill": d, "choices": {**base["choices"], "distill": name}}
             check_point(p)
             points.append(p)
-    check_files(points[0])
+    if with_files:
+        check_files(points[0])
     return points
 
 

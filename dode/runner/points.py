@@ -57,3 +57,24 @@ def load_model(dataset: str, checkpoint: str, device: str = "cpu"):
     point = {"checkpoint": c["checkpoint"], "dataset": c["dataset"], "choices": {"checkpoint": checkpoint}}
     den = load_denoiser(point, device)
     return den, point
+
+
+def points_from_overrides(overrides: list[str], with_files: bool = True) -> list:
+    """The points ``dode-run <overrides>`` runs (one job of a sweep), composed from the config tree by
+    the runner's own code; ``with_files=False`` skips the checks that need the checkpoint and the
+    reference statistics on this machine."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from dode.runner.experiment import build_points
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        none = compose("config", overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~").startswith("distill")]
+                       + ["distill=none"]).distill
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra")
+    return build_points(plain, choices, OmegaConf.to_container(none, resolve=True), with_files)

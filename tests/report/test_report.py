@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from dode.report import report
+from dode.runner.points import points_from_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 MK = REPO / "mk" / "paper.mk"
@@ -469,38 +470,8 @@ def _points(overrides: list[str], with_files: bool):
     """The runner's points of one job (cached: `make paper` repeats the jobs of every target)."""
     key = (tuple(overrides), with_files)
     if key not in _COMPOSED:
-        _COMPOSED[key] = _compose_points(overrides, with_files)
+        _COMPOSED[key] = points_from_overrides(overrides, with_files)
     return _COMPOSED[key]
-
-
-def _compose_points(overrides: list[str], with_files: bool):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from dode.runner import experiment
-    from dode.runner.config import config_dir
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-    none = OmegaConf.to_container(OmegaConf.load(config_dir() / "distill" / "none.yaml"))  # the runner's fallback
-    choices = dict(cfg.hydra.runtime.choices)
-    plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-             for k in cfg if k != "hydra"}
-    if with_files:
-        return experiment.build_points(plain, choices, none)
-    # real checkpoints are not on this machine: the checks that need no files
-    nfes = plain["nfe"] if isinstance(plain["nfe"], list) else [plain["nfe"]]
-    pts = []
-    for n in nfes:
-        p = {**{k: plain[k] for k in ("dataset", "checkpoint", "eval", "solver", "scale", "batch", "fit_seed",
-                                      "num_samples", "batch_size", "shard_size", "dtype", "results_dir", "progress")},
-             "nfe": n, "seeds": plain["seeds"], "distill": plain["distill"],
-             "choices": {g: str(choices.get(g)) for g in ("dataset", "checkpoint", "eval", "solver", "distill")}}
-        experiment.check_point(p)
-        pts.append(p)
-    return pts
 
 
 _MODELS: dict = {}
