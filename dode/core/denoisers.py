@@ -11,7 +11,7 @@ is a VE state ``x0 + σ·n`` and ``sigma`` a float64 tensor of shape ``(batch,)`
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,17 @@ from torch import Tensor, nn
 from dode.core.schedules import DiscreteVPSchedule, VESchedule
 
 PREDICTIONS = ("eps", "x0", "v")
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """``D(x, σ) → x̂0`` in the EDM/VE convention (``x = x0 + σ·n``, ``sigma`` float64 of shape
+    ``(batch,)``) with its noise range; the optional attributes are listed in the module docstring."""
+
+    sigma_min: float
+    sigma_max: float
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
 
 
 def as_sigma(sigma, x: Tensor) -> Tensor:
@@ -86,7 +97,7 @@ class EDMDenoiser(nn.Module):
         return self.net(x, sigma.to(torch.float32), **self.model_kwargs).to(x.dtype)
 
 
-def native_prediction(denoiser) -> str:
+def native_prediction(denoiser: Denoiser) -> str:
     """``"eps"`` or ``"x0"``: where D-ODE's correction acts for this denoiser."""
     pred = getattr(denoiser, "prediction", "x0")
     if pred not in ("eps", "x0"):

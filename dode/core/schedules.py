@@ -13,10 +13,13 @@ A time grid is a float64 tensor of ``N + 1`` decreasing σ (see :func:`time_grid
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (denoisers imports this module)
+    from dode.core.denoisers import Denoiser
 
 GRID_KINDS = ("time_uniform", "time_quadratic", "edm", "logsnr")
 Grid = Union[str, Tensor, None]
@@ -109,18 +112,18 @@ class DiscreteVPSchedule:
         return f"DiscreteVPSchedule({self.name})"
 
 
-def schedule_of(denoiser) -> VESchedule | DiscreteVPSchedule:
+def schedule_of(denoiser: Denoiser) -> VESchedule | DiscreteVPSchedule:
     """The schedule a denoiser declares, or a VE schedule over its σ range."""
     sched = getattr(denoiser, "schedule", None)
     return sched if sched is not None else VESchedule(denoiser.sigma_min, denoiser.sigma_max)
 
 
-def default_grid(denoiser) -> str:
+def default_grid(denoiser: Denoiser) -> str:
     """Time-uniform for discrete-time models (the paper's choice), EDM ρ = 7 otherwise."""
     return getattr(denoiser, "default_grid", None) or ("time_uniform" if schedule_of(denoiser).discrete else "edm")
 
 
-def time_grid(denoiser, steps: int, kind: Grid = None, rho: float = 7.0) -> Tensor:
+def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.0) -> Tensor:
     """``steps + 1`` decreasing noise levels ending at σ = 0, float64.
 
     * ``time_uniform``: t evenly spaced from t_max to 0 (discrete models: rounded to integer steps,
@@ -164,7 +167,7 @@ def time_grid(denoiser, steps: int, kind: Grid = None, rho: float = 7.0) -> Tens
     return torch.cat([head, torch.zeros(1, dtype=torch.float64)])
 
 
-def refine(sigmas: Tensor, factor: int, denoiser, kind: Grid = None, rho: float = 7.0) -> Tensor:
+def refine(sigmas: Tensor, factor: int, denoiser: Denoiser, kind: Grid = None, rho: float = 7.0) -> Tensor:
     """Split every interval of ``sigmas`` into ``factor`` sub-intervals, evenly in the space where
     the grid ``kind`` is uniform (t for time grids, √t for quadratic, σ^{1/ρ} for EDM and explicit
     grids, log σ for logSNR, except an interval ending at σ = 0, which uses σ^{1/ρ}). Every input σ

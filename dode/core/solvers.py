@@ -1,9 +1,10 @@
 """Base ODE solvers of the probability-flow ODE in VE form, dx/dσ = ε(x, σ) = (x − D(x, σ))/σ.
 
-Every solver has one signature, ``solver(path, x, sigmas, stages) -> x_end``: ``path`` is the
+Every solver has one signature, ``solver(path, x, sigmas, plan) -> x_end``: ``path`` is the
 :class:`~dode.core.path.ModelPath` (the only way to call the model; it counts NFE and applies the learned
-correction hook), ``x`` the state at ``sigmas[0]``, ``sigmas`` a float64 grid, and ``stages[i]`` the
-number of model evaluations of step i (from the solver's plan for the requested NFE). Exponential
+correction hook), ``x`` the state at ``sigmas[0]``, ``sigmas`` a float64 grid, and ``plan[i]`` the
+number of model evaluations of step i (the solver's plan for the requested NFE; for singlestep
+DPM-Solver also the order of step i, for Heun 2 or, on a last step into σ = 0, 1). Exponential
 integrators (DDIM, DPM-Solver, DEIS) take the same iterates in VE form as in VP form, since
 ``x_VE = x_VP/α`` and ``σ_VE = σ_VP/α``; a step into σ = 0 is first order (DDIM), because a
 higher-order exponential integrator cannot reach σ = 0 (log σ = −∞).
@@ -125,7 +126,7 @@ def get_solver(name: str) -> Solver:
 
 # ------------------------------------------------------------------------------------------ solvers
 @register("ddim", teacher="ddim", order=1)
-def ddim(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+def ddim(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """DDIM (Song et al. 2021); in VE form the same update as Euler on dx/dσ = ε. Order 1."""
     for s, t in _pairs(sigmas):
         x = ddim_step(x, path(x, s), s, t)
@@ -136,11 +137,11 @@ SOLVERS["euler"] = Solver("euler", ddim, one_per_step, "euler", 1)  # EDM's Eule
 
 
 @register("heun", teacher="heun", order=2, plan=heun_plan)
-def heun(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+def heun(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """EDM Heun (Karras et al. 2022, Alg. 1): Euler predictor, trapezoidal corrector. Order 2.
     D-EDM: λ on the Euler stage with D_i − D'_{i−1} (the previous step's corrector output), on the
     corrector with D'_i − D_i (IIA/S4S forms: the Euler stage pairs with D_{i−1}, see PREDICTOR_HISTORY)."""
-    for (s, t), n in zip(_pairs(sigmas), stages):
+    for (s, t), n in zip(_pairs(sigmas), plan):
         d = path(x, s)
         x_euler = ddim_step(x, d, s, t)
         if n == 1:
@@ -155,7 +156,7 @@ IPNDM_COEFFS = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 /
 
 
 @register("ipndm", teacher="ipndm", order=4)
-def ipndm(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+def ipndm(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """iPNDM (Zhang & Chen 2022): ε̃ = Σ_j c_j ε_{i−j} with Adams–Bashforth weights of order
     min(i+1, 4) (no warm-up NFE), then a DDIM step with ε̃."""
     eps: list[Tensor] = []
@@ -166,10 +167,10 @@ def ipndm(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
     return x
 
 
-def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022, Alg. 1 and 2, "dpmsolver" type), noise form,
     λ = −log σ, h = λ_t − λ_s, inner points r1 = 1/2 (order 2) or r1 = 1/3, r2 = 2/3 (order 3)."""
-    for (s, t), order in zip(_pairs(sigmas), stages):
+    for (s, t), order in zip(_pairs(sigmas), plan):
         if order == 1:
             x = ddim_step(x, path(x, s), s, t)
             continue
@@ -197,7 +198,7 @@ for _k in (1, 2, 3):
 
 
 def dpmpp_multistep(order: int) -> SolverFn:
-    def solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+    def solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
         """DPM-Solver++(2M/3M) (Lu et al. 2022b), data form: D̃ from the last outputs, then
         x_t = (σ_t/σ_s)·x + (1 − e^{−h})·D̃. Warm-up at lower order; first order into σ = 0."""
         d_hist: list[Tensor] = []
@@ -267,7 +268,7 @@ def deis_coefficients(sigmas: tuple, schedule, order: int, nodes: int = 8) -> tu
 
 
 def deis(order: int) -> SolverFn:
-    def solver(path: ModelPath, x: Tensor, sigmas: Tensor, stages: list) -> Tensor:
+    def solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
         """DEIS tAB-r (Zhang & Chen 2022): x_{i+1} = x_i + Σ_j C_ij ε_{i−j} on the last r+1 outputs
         (fewer while the history is short); coefficients computed once per grid."""
         table = deis_coefficients(tuple(sigmas.tolist()), schedule_of(path.denoiser), order)

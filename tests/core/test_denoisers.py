@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from dode.core.denoisers import VPDenoiser, native_prediction
+from dode.core.denoisers import Denoiser, EDMDenoiser, VPDenoiser, native_prediction
 from dode.core.oracle import GaussianMixture
 from dode.core.schedules import DiscreteVPSchedule
 
@@ -60,3 +60,15 @@ def test_vp_wrappers_present_every_parameterisation_as_one_denoiser(prediction, 
 def test_unknown_prediction_is_refused():
     with pytest.raises(ValueError, match="valid: eps, x0, v"):
         VPDenoiser(lambda x, t: x, DiscreteVPSchedule.linear(), prediction="score")
+
+
+def test_every_wrapper_is_a_denoiser(mixture):
+    """The Denoiser protocol: callable with sigma_min and sigma_max (the oracle, both wrappers); a bare
+    network is not one."""
+    net = torch.nn.Linear(2, 2)
+    vp = VPDenoiser(lambda x, t: x, DiscreteVPSchedule.linear())
+    edm = EDMDenoiser(lambda x, s: x)
+    for den in (mixture, mixture.as_vp(DiscreteVPSchedule.linear()), vp, edm):
+        assert isinstance(den, Denoiser)
+    assert not isinstance(net, Denoiser)
+    assert (vp.sigma_min, vp.sigma_max) == (DiscreteVPSchedule.linear().sigma_min, DiscreteVPSchedule.linear().sigma_max)
