@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dode.models.checkpoints import ClassifierGuidance, DiscreteNet, EDMNet
+from dode.models.adapters import ClassifierGuidance, DiscreteNet, EDMNet
 from dode.core.denoisers import EDMDenoiser, VPDenoiser
 from dode.models.arch import ADMEncoderUNet, ADMUNet, DDPMUNet
 from dode.core.schedules import DiscreteVPSchedule
