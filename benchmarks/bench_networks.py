@@ -153,7 +153,7 @@ def main() -> None:
                 if classes:
                     den.model_kwargs["class_labels"] = torch.randint(classes, (b,), generator=g).to(device)
 
-                def call():
+                def call(den=den):  # bound now: `den` is deleted after the row
                     with torch.inference_mode():
                         den(x, sigma)
                     sync(device)
