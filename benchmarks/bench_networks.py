@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from dode.models.checkpoints import ClassifierGuidance, DiscreteNet, EDMNet
+from dode.models.adapters import ClassifierGuidance, DiscreteNet, EDMNet
 from dode.core.denoisers import EDMDenoiser, VPDenoiser
 from dode.models.arch import ADMEncoderUNet, ADMUNet, DDPMUNet
 from dode.core.schedules import DiscreteVPSchedule
@@ -153,7 +153,7 @@ def main() -> None:
                 if classes:
                     den.model_kwargs["class_labels"] = torch.randint(classes, (b,), generator=g).to(device)
 
-                def call():
+                def call(den=den):  # bound now: `den` is deleted after the row
                     with torch.inference_mode():
                         den(x, sigma)
                     sync(device)

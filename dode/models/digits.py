@@ -22,8 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from dode.core.denoisers import EDMDenoiser, VPDenoiser
-from dode.errors import InvalidChoice, UserError
 from dode.core.schedules import DiscreteVPSchedule
+from dode.errors import InvalidChoice, UserError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MODELS = ("digits-edm", "digits-ddpm")
@@ -145,6 +145,7 @@ def wrap(name: str, net: nn.Module) -> nn.Module:
 
 
 def asset_path(name: str) -> Path:
+    """The embedded asset file ``dode/assets/<name>.pt``."""
     return ASSETS / f"{name}.pt"
 
 

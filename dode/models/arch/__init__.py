@@ -5,7 +5,8 @@
   ``EncoderUNetModel`` (ImageNet 64/128, LSUN 256, the ImageNet 128 classifier).
 * :mod:`dode.models.arch.edm_compat` — unpickling EDM's self-describing network pickles.
 
-Loading files, checksums and wrapping as denoisers: :mod:`dode.models.checkpoints`.
+Finding and checking files: :mod:`dode.models.files`; wrapping networks as denoisers:
+:mod:`dode.models.adapters`; the loaders: :mod:`dode.models.loaders`.
 """
 from dode.models.arch.adm import ADMEncoderUNet, ADMUNet, adm_channel_mult
 from dode.models.arch.ddpm_unet import DDPMUNet

@@ -76,7 +76,7 @@ def _source_of(module: types.ModuleType) -> str:
     return src
 
 
-def _module_from_source(src: str) -> types.ModuleType:
+def module_from_source(src: str) -> types.ModuleType:
     """Execute pickled module source once per distinct source text (THIS RUNS THE PICKLE'S CODE)."""
     module = _src_to_module.get(src)
     if module is None:
@@ -157,7 +157,7 @@ def _reconstruct_persistent_obj(meta: dict) -> Any:
     if meta.get("version") != PERSISTENCE_VERSION or meta.get("type") != "class":
         raise CompatError(f"unsupported persistent object (type {meta.get('type')!r}, "
                           f"version {meta.get('version')!r}; dode reads version {PERSISTENCE_VERSION})")
-    module = _module_from_source(meta.module_src)
+    module = module_from_source(meta.module_src)
     try:
         cls = persistent_class(module.__dict__[meta.class_name])
     except KeyError:
@@ -226,7 +226,7 @@ def _build_modules() -> dict[str, types.ModuleType]:
     for name, obj in dict(persistent_class=persistent_class, is_persistent=is_persistent, import_hook=import_hook,
                           _reconstruct_persistent_obj=_reconstruct_persistent_obj, _version=PERSISTENCE_VERSION,
                           _decorators=_decorators, _import_hooks=_import_hooks,
-                          _module_to_src=_source_of, _src_to_module=_module_from_source).items():
+                          _module_to_src=_source_of, _src_to_module=module_from_source).items():
         setattr(persistence, name, obj)
     misc = types.ModuleType("torch_utils.misc", "dode's stand-in for torch_utils.misc (inference subset)")
     for name, obj in dict(constant=constant, profiled_function=_identity_decorator, assert_shape=assert_shape,
