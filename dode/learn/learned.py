@@ -71,9 +71,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dode import __version__
-from dode.learn.dode import _DryDenoiser, fit_correction
+from dode.learn.dode import fit_correction
+from dode.learn.record import feature_columns
 from dode.errors import InvalidChoice, UserError
-from dode.core.path import Correction, ModelPath
+from dode.core.forms import Correction
+from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, sample, solver_grid
 from dode.core.schedules import Grid, refine, schedule_of
 from dode.core.solvers import Solver, get_solver
@@ -159,18 +161,6 @@ def fit_iia(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, subste
     return corr
 
 
-class _RecordPath(ModelPath):
-    """Keeps the input state of every evaluation."""
-
-    def __init__(self, denoiser, correction=None):
-        super().__init__(denoiser, correction)
-        self.inputs: list[Tensor] = []
-
-    def _evaluate(self, x, sigma):
-        self.inputs.append(x)
-        return super()._evaluate(x, sigma)
-
-
 def step_errors(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
                 correction: Correction | None = None, substeps: int = 10, grid: Grid = None,
                 fine_solver: str | None = None) -> Tensor:
@@ -178,16 +168,17 @@ def step_errors(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
     between the state after it and ``fine_solver`` over ``substeps`` sub-steps from the student's
     own state at the start of the step (the same start as in :func:`fit_iia`). float64, shape (nfe,)."""
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
-    path = _RecordPath(denoiser, correction)
+    path = ModelPath(denoiser, correction, record=True)
     with torch.no_grad():
         final = run_solver(path, spec, noise, sigmas, plan)
     targets = FineTargets(denoiser, get_solver(fine_solver or spec.name), substeps, grid)
-    after = path.inputs[1:] + [final]
+    inputs = [call.x for call in path.calls]
+    after = inputs[1:] + [final]
     sig_after = path.sigmas[1:] + [float(sigmas[-1])]
     errs = []
     for k in range(nfe):
         j = max(i for i in range(k + 1) if path.sigmas[i] > sig_after[k])
-        want = targets(k, path.inputs[j], path.sigmas[j], sig_after[k])
+        want = targets(k, inputs[j], path.sigmas[j], sig_after[k])
         errs.append(float((after[k] - want).double().pow(2).mean().sqrt()))
     return torch.tensor(errs, dtype=torch.float64)
 
@@ -297,13 +288,6 @@ def teacher_samples(denoiser, noise: Tensor, teacher: str = "heun", teacher_nfe:
     ``grid`` (default: the model's), from the same standard-normal ``noise`` (no gradients)."""
     with torch.no_grad():
         return sample(denoiser, noise, teacher, teacher_nfe, grid=grid)
-
-
-def _columns_present(denoiser, spec: Solver, sigmas: Tensor, plan: list, form: str, noise: Tensor) -> list:
-    """Which features exist at each evaluation (the first ones have a short history)."""
-    path = ModelPath(_DryDenoiser(denoiser), Correction(form, []))  # presence depends on history only
-    run_solver(path, spec, torch.zeros(1, 1, dtype=torch.float64), sigmas, plan)
-    return [path.columns[k] for k in range(sum(plan))]
 
 
 class _S4SProblem:
@@ -445,7 +429,7 @@ def _setup_s4s(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe,
                         "use chunk=null (or a smaller batch)")
     dist, dname = get_distance(distance, str(noise.device), classifier, lpips_weights)
     problem = _S4SProblem(denoiser, noise, targets.to(noise.dtype), spec, plan, form, dist, chunk)
-    present = _columns_present(denoiser, spec, sigmas, plan, form, noise)
+    present = feature_columns(denoiser, spec, sigmas, plan, form)
     mask = torch.tensor([[float(c) for c in row] for row in present], dtype=torch.float64)
     return form, spec, sigmas, plan, problem, mask, tinfo, dname
 

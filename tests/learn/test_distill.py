@@ -7,8 +7,9 @@ import torch
 
 import dode
 import dode.core.denoisers
-from dode.learn.dode import student_points, teacher_states
-from dode.core.path import FORMS, Correction
+from dode.learn.dode import teacher_states
+from dode.learn.record import student_points
+from dode.core.forms import FORMS, Correction
 from dode.core.sampling import solver_grid, trajectory
 from dode.core.solvers import SOLVERS
 from conftest import mixture_noise as _noise
@@ -171,12 +172,12 @@ def test_d_edm_pairs_each_heun_stage_with_the_stage_before(models):
 
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_corrector_outputs_join_the_history_except_for_predictor_history_forms(models, form):
-    """IIA-EDM and S4S pair the next Euler stage with the past Euler stage (PREDICTOR_HISTORY)."""
+    """IIA-EDM and S4S pair the next Euler stage with the past Euler stage (Form.predictor_history)."""
     model, noise = models["edm"], _noise(3, 4)
     _, calls = trajectory(model, noise, "heun", 5)
     path = dode.core.path.ModelPath(model, Correction(form))
     for j, (s, x, d) in enumerate(calls[:2]):  # step 0: Euler stage, corrector
         path.denoise(x, s)
         path.correct(x, s, d, corrector=(j == 1))
-    want = calls[0][2] if form in dode.core.path.PREDICTOR_HISTORY else calls[1][2]
+    want = calls[0][2] if FORMS[form].predictor_history else calls[1][2]
     torch.testing.assert_close(path.history[-1].d, want)

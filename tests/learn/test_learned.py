@@ -16,7 +16,7 @@ from dode.learn.learned import (FeatureDistance, FineTargets, MonotoneGrid, fit_
                           fit_s4s_alt_point, fit_s4s_point, get_distance, grid_of, sample_learned, step_errors,
                           teacher_samples)
 from dode.core.oracle import GaussianMixture
-from dode.core.path import FORMS, SPACE_OF_FORM, Correction
+from dode.core.forms import FORMS, Correction
 from dode.core.sampling import solver_grid, trajectory
 from conftest import mixture_noise as _noise
 
@@ -36,7 +36,7 @@ def _t(theta):
 # ------------------------------------------------------------------------------------------- forms
 def test_forms_are_registered_in_x0_space():
     for form in ("iia", "biia", "s4s", "s4s2", "s4s4"):
-        assert form in FORMS and SPACE_OF_FORM[form] == "x0"
+        assert form in FORMS and FORMS[form].space == "x0"
         assert Correction(form).space == "x0"
 
 
