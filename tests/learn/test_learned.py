@@ -1,26 +1,23 @@
-"""IIA and S4S / S4S-Alt on the correction hook (dode.learn.learned), on the exact float64 Gaussian-mixture
+"""IIA and S4S / S4S-Alt on the correction hook (dode.learn), on the exact float64 Gaussian-mixture
 oracle: the new forms act as their papers say, IIA's targets are the fine solver from the student's
 own step start and its fit lowers the per-step error, S4S recovers the coefficients of a solver of its
 own family and improves on held-out noise, S4S-Alt keeps its grid monotone and lowers the loss, and
 saved fits reload and reproduce samples bit for bit."""
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
 import dode
 from dode.errors import UserError
-from dode.learn.learned import (FeatureDistance, FineTargets, MonotoneGrid, fit_iia, fit_iia_point, fit_s4s, fit_s4s_alt,
-                          fit_s4s_alt_point, fit_s4s_point, get_distance, grid_of, sample_learned, step_errors,
-                          teacher_samples)
+from dode.learned import (FeatureDistance, FineTargets, MonotoneGrid, fit_iia, fit_s4s, fit_s4s_alt, get_distance,
+                          grid_of, sample_learned, step_errors, teacher_samples)
 from dode.core.oracle import GaussianMixture
 from dode.core.forms import FORMS, Correction
 from dode.core.sampling import solver_grid, trajectory
 from conftest import mixture_noise as _noise
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "distill"
 MODERATE = torch.tensor([5.0, 2.0, 1.0, 0.5, 0.25], dtype=torch.float64)  # a well-conditioned grid (S4S recovery)
 
 
@@ -277,20 +274,6 @@ def test_saved_fits_reload_and_reproduce_samples_exactly(models, tmp_path):
         assert torch.equal(dode.sample(model, held_out, solver, nfe, loaded, grid=grid_of(loaded)), want)
         assert torch.equal(sample_learned(model, held_out, loaded), want)
     assert isinstance(grid_of(fits["s4s_alt"]), torch.Tensor) and grid_of(fits["s4s"], "edm") == "edm"
-
-
-# ------------------------------------------------------------------------------------------ runner
-@pytest.mark.parametrize("name,fn", [("iia", fit_iia_point), ("s4s", fit_s4s_point), ("s4s_alt", fit_s4s_alt_point)])
-def test_distill_configs_and_runner_entry_points(name, fn, models):
-    yaml = pytest.importorskip("yaml")
-    cfg = yaml.safe_load((CONF / f"{name}.yaml").read_text())
-    assert cfg["name"] == name and cfg["kind"] == name and cfg["fit"] == f"dode.learn.learned:{fn.__name__}"
-    small = {"iters": 4, "round_iters": 2, "rounds": 1, "grid_evals": 4, "teacher_nfe": 19}
-    cfg.update({k: v for k, v in small.items() if k in cfg})
-    point = {"distill": cfg, "solver": {"name": "ddim", "grid": None}, "nfe": 4, "scale": 4}
-    with torch.no_grad():  # the runner fits under no_grad; S4S turns gradients back on itself
-        corr = fn(models["edm"], _noise(8, 19), point, False, {"fit_seed": 0})
-    assert corr.provenance["fit_seed"] == 0 and corr.provenance["method"] == name and len(corr.theta) == 4
 
 
 def test_s4s_chunks_accumulate_the_full_batch_gradient(models):
