@@ -10,7 +10,7 @@
 __version__ = "0.1.0"
 
 from dode.learn.dode import fit_correction, fit_lambdas  # noqa: E402
-from dode.core.path import Correction  # noqa: E402
+from dode.core.forms import Correction  # noqa: E402
 from dode.core.sampling import sample, trajectory  # noqa: E402
 from dode.core.solvers import SOLVERS  # noqa: E402
 

@@ -23,6 +23,11 @@ def models():
     return {"edm": gm, "vp": gm.as_vp(DiscreteVPSchedule.linear())}
 
 
-def mixture_noise(n: int, seed: int) -> torch.Tensor:
-    """Standard-normal float64 noise for the mixture models, from its own seed."""
-    return torch.randn(n, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+@pytest.fixture(scope="session")
+def mixture_noise():
+    """``mixture_noise(n, seed)``: n standard-normal float64 noises for the ``models`` mixture
+    (1×3×3), from their own seed."""
+    def draw(n: int, seed: int) -> torch.Tensor:
+        return torch.randn(n, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+    return draw

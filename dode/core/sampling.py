@@ -6,7 +6,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from dode.core.path import Correction, ModelPath
+from dode.core.forms import Correction
+from dode.core.path import Call, ModelPath
 from dode.core.schedules import Grid, time_grid
 from dode.core.solvers import Solver, get_solver
 
@@ -52,7 +53,7 @@ def sample(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     """Sample from standard-normal ``noise`` with ``solver`` in exactly ``nfe`` network evaluations.
 
     ``lambdas``: None (the base solver), one λ per evaluation (D-ODE, Eq. 10) as returned by
-    :func:`dode.fit_lambdas`, or any :class:`~dode.core.path.Correction`. ``grid``: a grid name
+    :func:`dode.fit_lambdas`, or any :class:`~dode.core.forms.Correction`. ``grid``: a grid name
     (``time_uniform``, ``time_quadratic``, ``edm``, ``logsnr``), a float64 tensor of σ, or None for the
     model's default. Returns the state at the grid's last σ (σ = 0 for named grids), i.e. samples.
     """
@@ -62,8 +63,9 @@ def sample(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
 
 def trajectory(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
                lambdas: Correction | Sequence[float] | Tensor | None = None,
-               grid: Grid = None) -> tuple[Tensor, list]:
-    """Run like :func:`sample` and also return every evaluation ``(σ, x, D)`` (for figures)."""
+               grid: Grid = None) -> tuple[Tensor, list[Call]]:
+    """Run like :func:`sample` and also return every evaluation as a :class:`~dode.core.path.Call`
+    ``(σ, x, D)`` (for figures)."""
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
     path = ModelPath(denoiser, as_correction(lambdas), record=True)
     return run_solver(path, spec, noise, sigmas, plan), path.calls

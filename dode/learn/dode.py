@@ -1,5 +1,5 @@
 """D-ODE distillation (Kim, Tang & Yu, CVPR 2024): greedy closed-form fit of the per-evaluation
-parameters of a :class:`~dode.core.path.Correction` against a K× finer teacher (paper Eq. 13–14).
+parameters of a :class:`~dode.core.forms.Correction` against a K× finer teacher (paper Eq. 13–14).
 
 The teacher — DDIM for DDIM, DPM-Solver and DPM-Solver++ students, the student's own method for
 iPNDM, DEIS, Euler and Heun (methods.md) — runs on the student's evaluation times, each interval
@@ -11,7 +11,8 @@ final sample) is affine in θ_k, ``x(θ_k) = a + Σ_m θ_{k,m} b_m``, so
 
 over the whole batch in float64, and the student continues with θ_k before θ_{k+1} is fitted. The
 columns come from replaying the solver with unit parameters: evaluations already made are served
-from a cache, so the fit costs one teacher run plus one student run of network evaluations.
+from a cache (:class:`~dode.learn.record.ReplayPath`), so the fit costs one teacher run plus one
+student run of network evaluations.
 """
 from __future__ import annotations
 
@@ -25,71 +26,17 @@ from tqdm.auto import tqdm
 
 from dode import __version__
 from dode.core.denoisers import native_prediction
-from dode.core.path import Correction, ModelPath, check_form
+from dode.core.forms import Correction, get_form
+from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, solver_grid
 from dode.core.schedules import Grid, refine, schedule_of
-from dode.core.solvers import Solver, get_solver
+from dode.core.solvers import get_solver
+from dode.learn.record import ReplayPath, Stop, student_points
 
-__all__ = ["Correction", "fit_correction", "fit_lambdas", "teacher_states", "student_points"]
+__all__ = ["fit_correction", "fit_lambdas", "teacher_states"]
 
 
 StepTarget = Callable[[int, Tensor, float, float], Tensor]
-
-
-class _Stop(Exception):
-    def __init__(self, x: Tensor, sigma: float):
-        self.x, self.sigma = x, sigma
-
-
-class _ReplayPath(ModelPath):
-    """Serves cached outputs for evaluations already made and stops at evaluation ``stop_at``."""
-
-    def __init__(self, denoiser, correction: Correction, cache: list, stop_at: int):
-        super().__init__(denoiser, correction)
-        self.cache, self.stop_at, self.inputs = cache, stop_at, []
-
-    def _evaluate(self, x: Tensor, sigma: float) -> Tensor:
-        k = self.nfe
-        if k == self.stop_at:
-            raise _Stop(x, sigma)
-        self.inputs.append(x)
-        if k == len(self.cache):
-            self.cache.append(super()._evaluate(x, sigma))
-        return self.cache[k]
-
-
-class _RecordingPath(ModelPath):
-    """Keeps the last state passed to the model at each σ of ``wanted`` (the teacher's states)."""
-
-    def __init__(self, denoiser, wanted: set):
-        super().__init__(denoiser)
-        self.wanted, self.states = wanted, {}
-
-    def _evaluate(self, x: Tensor, sigma: float) -> Tensor:
-        if sigma in self.wanted:
-            self.states[sigma] = x
-        return super()._evaluate(x, sigma)
-
-
-class _DryDenoiser:
-    """A stand-in model (returns its input) to trace at which σ a solver evaluates."""
-
-    def __init__(self, denoiser):
-        self.sigma_min, self.sigma_max = denoiser.sigma_min, denoiser.sigma_max
-        self.schedule = schedule_of(denoiser)
-
-    def __call__(self, x, sigma):
-        return x
-
-
-def student_points(denoiser, spec: Solver, sigmas: Tensor, plan: list) -> tuple[list[float], list[float]]:
-    """(σ after each evaluation — the next evaluation's σ or the final σ —, distinct decreasing
-    points the teacher must pass through)."""
-    path = ModelPath(_DryDenoiser(denoiser))
-    spec.fn(path, torch.zeros(1, 1), sigmas, plan)
-    after = path.sigmas[1:] + [float(sigmas[-1])]
-    points = sorted(set(path.sigmas + [float(sigmas[-1])]), reverse=True)
-    return after, points
 
 
 def teacher_states(denoiser, noise: Tensor, teacher: str, points: list[float], scale: int,
@@ -105,10 +52,11 @@ def teacher_states(denoiser, noise: Tensor, teacher: str, points: list[float], s
         scale = capped
     fine = refine(torch.tensor(points, dtype=torch.float64), scale, denoiser, grid)
     plan = spec.plan_for_steps(len(fine) - 1, bool(fine[-1] == 0))
-    path = _RecordingPath(denoiser, set(points))
+    path = ModelPath(denoiser, record=points)
     final = run_solver(path, spec, noise, fine, plan)
-    path.states[float(fine[-1])] = final
-    return path.states, {"teacher": teacher, "teacher_scale": scale, "teacher_nfe": path.nfe}
+    states = {call.sigma: call.x for call in path.calls}  # the last state passed to the model at each σ
+    states[float(fine[-1])] = final
+    return states, {"teacher": teacher, "teacher_scale": scale, "teacher_nfe": path.nfe}
 
 
 def _least_squares(cols: list[Tensor], residual: Tensor) -> list[float]:
@@ -133,7 +81,7 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     step that evaluation k belongs to (the last model input at a σ above ``sigma_next``) — IIA's
     fine-step targets. Extra keyword arguments (seed range, …) go into the provenance.
     """
-    check_form(form)
+    get_form(form)
     start = time.perf_counter()
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
     after, points = student_points(denoiser, spec, sigmas, plan)
@@ -146,10 +94,10 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     cache: list[Tensor] = []
 
     def replay(stop: int) -> tuple[Tensor, float, ModelPath]:
-        path = _ReplayPath(denoiser, correction, cache, stop)
+        path = ReplayPath(denoiser, correction, cache, stop)
         try:
             return run_solver(path, spec, noise, sigmas, plan), float(sigmas[-1]), path
-        except _Stop as s:
+        except Stop as s:
             return s.x, s.sigma, path
 
     for k in tqdm(range(nfe), desc=f"fit {form} {solver}@{nfe}", disable=not progress, leave=False):
@@ -167,7 +115,7 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
         if cols:
             if callable(targets):
                 j = max(i for i in range(k + 1) if path.sigmas[i] > sigma_next)
-                target = targets(k, path.inputs[j], path.sigmas[j], sigma_next)
+                target = targets(k, path.calls[j].x, path.sigmas[j], sigma_next)
             else:
                 target = targets[k]
             for m, v in zip(used, _least_squares(cols, target - a)):

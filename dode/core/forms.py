@@ -1,0 +1,174 @@
+"""Correction forms: one :class:`Form` record per form, and the :class:`Correction` (its parameters).
+
+A correction is linear in its parameters (D-ODE, paper Eq. 8–10): at evaluation k, with ``q_k`` the
+solver's estimate in the correction space (ε for noise-prediction models, x0 for data-prediction
+ones) and ``q_{k−1}, q_{k−2}, …`` the previous estimates,
+
+    q̃_k = q_k + Σ_m θ_{k,m} · g_{k,m}
+
+(applied to the x0 estimate as d̃ = d + Σ θ g, an ε feature g entering as −σ·g), where the features
+``g`` depend on the form: ``dode`` g = [q_k − q_{k−1}] (Eq. 10, θ = λ);
+``dode2`` [q_k − q_{k−1}, q_k − q_{k−2}] (Eq. 9); ``sep`` [q_k, q_{k−1}] (θ = (a−1, b), truncated
+Eq. 8); ``all`` [q_k, q_{k−1}, …, q_0] (Eq. 8); ``lookahead`` as ``dode`` but always on x0 (LA-DDIM);
+``iia``/``biia`` (IIA, Zhang, Niwa & Kleijn, ICLR 2024; :mod:`dode.learn.iia`) [Δx̂0, Δε] / [Δε] of
+the last two outputs; ``s4s``/``s4s2``/``s4s4`` (S4S, Frankel et al. 2025; :mod:`dode.learn.s4s`)
+the last w = 3/2/4 data predictions.
+First-step rule: in ε space the output before the first evaluation is ``x_T`` in VP scale,
+``x_T / sqrt(1 + σ_T²)``; in x0 space there is none, so λ_0 = 0.
+
+A new form is one ``Form(...)`` entry of :data:`FORMS`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from dode.errors import InvalidChoice
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A solver's estimate at one evaluation: state ``x``, noise level ``sigma``, x0 form ``d``."""
+
+    x: Tensor
+    sigma: float
+    d: Tensor
+
+    def q(self, space: str) -> Tensor:
+        """The estimate in ``space``: ε = (x − d)/σ or x0 = d."""
+        return (self.x - self.d) / self.sigma if space == "eps" else self.d
+
+
+def _delta(cur: Estimate, prev: Estimate | None, space: str) -> Tensor | None:
+    """q_k − q_prev as a change of the x0 estimate (an ε change δ moves x0 by −σ·δ)."""
+    if prev is None:
+        return None
+    g = cur.q(space) - prev.q(space)
+    return -cur.sigma * g if space == "eps" else g
+
+
+def _value(cur: Estimate, e: Estimate | None, space: str) -> Tensor | None:
+    """q of estimate ``e`` as a change of the current x0 estimate."""
+    if e is None:
+        return None
+    return -cur.sigma * e.q(space) if space == "eps" else e.q(space)
+
+
+def _prev(h: list, j: int) -> Estimate | None:
+    return h[-j] if len(h) >= j else None
+
+
+# features(current, history, space) -> columns as x0 changes, None where the history is too short.
+# The corrected x0 estimate is d̃ = d + Σ_m θ_m · column_m.
+Features = Callable[[Estimate, list, str], list]
+
+
+@dataclass(frozen=True)
+class Form:
+    """One correction form.
+
+    ``keep``: estimates kept in the history (``math.inf``: all). ``space``: ``"x0"``/``"eps"`` when
+    the form fixes the space its features act in, None when it follows the model's native
+    prediction. ``predictor_history``: the history holds the outputs of each step's first stage
+    only, so the corrector stage of Heun (its D' at σ_{i+1}) is never the "previous output" of the
+    next step — IIA-EDM pairs the Euler stage with the past gradient, S4S's predictor weighs past
+    predictor outputs. The D-ODE family pairs every stage with the stage before it, the next Euler
+    stage with the previous corrector (methods.md, D-EDM: λ on the Euler stage with D_i − D_prev and
+    on the corrector with D' − D_i).
+    """
+
+    name: str
+    features: Features
+    keep: float
+    space: str | None = None
+    predictor_history: bool = False
+
+
+FORMS: dict[str, Form] = {f.name: f for f in (
+    Form("dode", lambda c, h, sp: [_delta(c, _prev(h, 1), sp)], 1),
+    Form("lookahead", lambda c, h, sp: [_delta(c, _prev(h, 1), "x0")], 1, "x0"),
+    Form("dode2", lambda c, h, sp: [_delta(c, _prev(h, 1), sp), _delta(c, _prev(h, 2), sp)], 2),
+    Form("sep", lambda c, h, sp: [_value(c, c, sp), _value(c, _prev(h, 1), sp)], 1),
+    Form("all", lambda c, h, sp: [_value(c, e, sp) for e in [c, *reversed(h)]], math.inf),
+    # IIA: weights on Δx̂0 and Δε of the last two outputs; BIIA: one weight, on Δε
+    Form("iia", lambda c, h, sp: [_delta(c, _prev(h, 1), "x0"), _delta(c, _prev(h, 1), "eps")], 1, "x0", True),
+    Form("biia", lambda c, h, sp: [_delta(c, _prev(h, 1), "eps")], 1, "x0", True),
+    # S4S: free weights on the last w data predictions (s4s: w = 3)
+    Form("s4s", lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1), _prev(h, 2))], 2, "x0", True),
+    Form("s4s2", lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1))], 1, "x0", True),
+    Form("s4s4", lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1), _prev(h, 2), _prev(h, 3))], 3,
+         "x0", True),
+)}
+
+
+def get_form(name: str) -> Form:
+    """The registered form ``name``; :class:`~dode.errors.InvalidChoice` listing the valid ones."""
+    if name not in FORMS:
+        raise InvalidChoice(f"unknown correction form {name!r}; valid forms: {', '.join(FORMS)}")
+    return FORMS[name]
+
+
+@dataclass
+class Correction:
+    """Per-evaluation parameters θ_k of a linear correction (see module docstring), with provenance.
+
+    ``theta[k]`` holds the parameters of model evaluation k (floats, or tensors when optimised by
+    autograd); missing or zero entries leave the estimate untouched, bit for bit.
+    """
+
+    form: str = "dode"
+    theta: list = field(default_factory=list)
+    space: str | None = None  # "eps" | "x0"; None: the denoiser's native prediction
+    provenance: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.space = get_form(self.form).space or self.space
+
+    @classmethod
+    def from_lambdas(cls, lambdas: Sequence[float] | Tensor, **provenance) -> "Correction":
+        """D-ODE (Eq. 10): one λ per model evaluation."""
+        lam = torch.as_tensor(lambdas, dtype=torch.float64).flatten().tolist()
+        return cls("dode", [[v] for v in lam], provenance=dict(provenance))
+
+    @classmethod
+    def fixed(cls, form: str, lam: float, nfe: int, **provenance) -> "Correction":
+        """One λ shared by every evaluation: Fixed-D-DDIM (``dode``) or LA-DDIM (``lookahead``)."""
+        if form not in ("dode", "lookahead"):
+            raise InvalidChoice(f"a fixed λ applies to the forms 'dode' and 'lookahead', not {form!r}")
+        return cls(form, [[float(lam)] for _ in range(nfe)], provenance={"fixed_lambda": float(lam), **provenance})
+
+    @property
+    def lambdas(self) -> Tensor:
+        """λ_k of a one-parameter form (``dode``/``lookahead``) as a float64 tensor."""
+        if self.form not in ("dode", "lookahead"):
+            raise ValueError(f"form {self.form!r} has several parameters per evaluation; use .theta")
+        return torch.tensor([float(t[0]) if len(t) else 0.0 for t in self.theta], dtype=torch.float64)
+
+    def theta_at(self, k: int):
+        """θ_k, or no parameters past the end of ``theta``."""
+        return self.theta[k] if k < len(self.theta) else ()
+
+    def to_dict(self) -> dict:
+        theta = [[float(v) for v in t] for t in self.theta]
+        return {"form": self.form, "space": self.space, "theta": theta, "provenance": self.provenance}
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON atomically (temporary file, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Correction":
+        d = json.loads(Path(path).read_text())
+        return cls(d["form"], [list(t) for t in d["theta"]], d.get("space"), d.get("provenance", {}))

@@ -1,0 +1,267 @@
+"""S4S — "S4S: Solving for a Diffusion Model Solver", Frankel, Chen, Li, Koh, Ratliff & Oh, 2025 —
+on the one model-call path: a base solver of :mod:`dode.core.solvers` plus per-evaluation θ_k that
+enter through :meth:`dode.core.path.ModelPath.correct` (see :mod:`dode.learn`).
+
+Learn the solver itself: with the forms ``s4s`` (w = 3), ``s4s2``, ``s4s4`` the features are the
+last w data predictions, ``d̃_k = (1 + θ_{k,0}) d_k + θ_{k,1} d_{k−1} + … + θ_{k,w−1} d_{k−w+1}``,
+so on DDIM (x_{i+1} = (σ_{i+1}/σ_i) x_i + (1 − σ_{i+1}/σ_i) d̃_i) the student is a linear multistep
+solver in data-prediction form with free per-step coefficients, initialised at the base solver
+(θ = 0; e.g. DPM-Solver++(2M) is θ_k = (1/(2r_k), −1/(2r_k)), r_k = h_{k−1}/h_k). With Heun as the
+base solver the corrector stage gets its own coefficients (the predictor–corrector variant). The θ
+are torch tensors optimised with Adam so that the student's final samples match a strong teacher's
+on a batch of noises — data-free:
+
+    min_θ  E_noise  dist(student_θ(noise), teacher(noise)),  dist = mean squared error by default
+
+(or the FD-digits classifier's features, or LPIPS, or any callable). The paper's relaxed (LD3-style)
+objective is not implemented. S4S-Alt (:mod:`dode.learn.s4s_alt`) also learns the time grid.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from dode import __version__
+from dode.core.forms import Correction
+from dode.core.path import ModelPath
+from dode.core.sampling import run_solver, sample, solver_grid
+from dode.core.schedules import Grid
+from dode.core.solvers import Solver
+from dode.errors import InvalidChoice, UserError
+from dode.learn.distances import get_distance
+from dode.learn.grids import grid_record
+from dode.learn.record import feature_columns
+
+__all__ = ["S4S_FORMS", "s4s_form", "teacher_samples", "S4SProblem", "validation_pair", "optimise", "fit_s4s"]
+
+S4S_FORMS = {2: "s4s2", 3: "s4s", 4: "s4s4"}
+
+
+def s4s_form(window: int) -> str:
+    """The correction form of S4S on the last ``window`` data predictions."""
+    if window not in S4S_FORMS:
+        raise InvalidChoice(f"S4S windows are {', '.join(map(str, S4S_FORMS))} data predictions, not {window}")
+    return S4S_FORMS[window]
+
+
+def teacher_samples(denoiser, noise: Tensor, teacher: str = "heun", teacher_nfe: int = 199,
+                    grid: Grid = None) -> Tensor:
+    """Final samples of a strong ``teacher`` (solver name) with ``teacher_nfe`` evaluations on
+    ``grid`` (default: the model's), from the same standard-normal ``noise`` (no gradients)."""
+    with torch.no_grad():
+        return sample(denoiser, noise, teacher, teacher_nfe, grid=grid)
+
+
+@dataclass(eq=False)
+class S4SProblem:
+    """One S4S fit: the student (``spec`` with ``plan`` on the base grid ``sigmas``, the correction
+    ``form`` and its ``mask``: 1 where a feature exists, nfe × window), the teacher's final samples
+    ``targets`` for ``noise``, and the ``distance``. :meth:`loss` runs the student (``runs`` counts)."""
+
+    denoiser: Any
+    noise: Tensor
+    targets: Tensor
+    spec: Solver
+    sigmas: Tensor
+    plan: list
+    form: str
+    mask: Tensor
+    distance: Callable
+    distance_name: str
+    teacher_info: dict
+    chunk: int | None = None
+    runs: int = 0
+
+    @classmethod
+    def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int, grid: Grid, teacher: str,
+              teacher_nfe: int, teacher_grid: Grid, targets: Tensor | None, distance: str | Callable,
+              lpips_weights: str | None, classifier: str | None, chunk: int | None) -> "S4SProblem":
+        """The problem of :func:`fit_s4s`: the teacher runs here unless ``targets`` are given."""
+        form = s4s_form(window)
+        spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
+        start = time.perf_counter()
+        if targets is None:
+            targets = teacher_samples(denoiser, noise, teacher, teacher_nfe, teacher_grid)
+            tinfo = {"teacher": teacher, "teacher_nfe": int(teacher_nfe), "teacher_grid": grid_record(teacher_grid)}
+        else:
+            targets = torch.as_tensor(targets)
+            if targets.shape != noise.shape:
+                raise ValueError(f"targets have shape {tuple(targets.shape)}, the noise {tuple(noise.shape)}")
+            tinfo = {"teacher": "given targets"}
+        tinfo["teacher_seconds"] = time.perf_counter() - start
+        if chunk and int(chunk) < len(noise) and getattr(denoiser, "model_kwargs", None):
+            raise UserError("chunk splits the fit batch, but the model carries per-batch model_kwargs (class "
+                            "labels); use chunk=null (or a smaller batch)")
+        dist, dname = get_distance(distance, str(noise.device), classifier, lpips_weights)
+        present = feature_columns(denoiser, spec, sigmas, plan, form)
+        mask = torch.tensor([[float(c) for c in row] for row in present], dtype=torch.float64)
+        return cls(denoiser, noise, targets.to(noise.dtype), spec, sigmas, plan, form, mask, dist, dname, tinfo,
+                   chunk)
+
+    def correction(self, params: Tensor) -> Correction:
+        """The student's correction with the rows of ``params`` as θ (tensors: gradients flow)."""
+        return Correction(self.form, [list(row.unbind()) for row in params])
+
+    def loss(self, params: Tensor, sigmas: Tensor, noise: Tensor | None = None, targets: Tensor | None = None,
+             backward: bool = False) -> float:
+        """dist(student, teacher) over the batch (in chunks of ``chunk``; gradients accumulated)."""
+        noise = self.noise if noise is None else noise
+        targets = self.targets if targets is None else targets
+        size = int(self.chunk or len(noise))
+        total = 0.0
+        with torch.set_grad_enabled(backward):
+            for i in range(0, len(noise), size):
+                n, y = noise[i:i + size], targets[i:i + size]
+                path = ModelPath(self.denoiser, self.correction(params))
+                x = run_solver(path, self.spec, n, sigmas, self.plan)
+                part = self.distance(x, y) * (len(n) / len(noise))
+                if backward:
+                    part.backward()
+                total += float(part.detach())
+        self.runs += 1
+        return total
+
+    def result(self, params: Tensor, provenance: dict) -> Correction:
+        """The fitted correction: float θ = ``params`` where a feature exists, else 0."""
+        theta = (params.detach() * self.mask).tolist()
+        return Correction(self.form, [[float(v) for v in row] for row in theta], provenance=provenance)
+
+
+def validation_pair(denoiser, val_noise: Tensor | None, val_targets: Tensor | None, teacher: str, teacher_nfe: int,
+                    teacher_grid: Grid) -> tuple[Tensor, Tensor] | None:
+    """(held-out noise, its targets — the teacher run on it unless given), or None without noise."""
+    if val_noise is None:
+        return None
+    if val_targets is None:
+        val_targets = teacher_samples(denoiser, val_noise, teacher, teacher_nfe, teacher_grid)
+    return val_noise, torch.as_tensor(val_targets).to(val_noise.dtype)
+
+
+def optimise(problem: S4SProblem, params: Tensor, sigmas: Tensor, iters: int, lr: float,
+             val: tuple[Tensor, Tensor] | None, eval_every: int, progress: bool, desc: str,
+             optimizer: str = "adam") -> tuple[Tensor, dict]:
+    """Minimise the S4S loss over ``params`` on the grid ``sigmas`` (entries where ``problem.mask``
+    is 0 stay fixed).
+
+    ``adam``: ``iters`` Adam steps with a cosine learning-rate decay from ``lr`` to ``lr/100``;
+    ``lbfgs``: L-BFGS with strong-Wolfe line search, at most ``iters`` iterations (precise on small,
+    ill-conditioned problems; ``lr`` is its initial step, 1 is usual). Returns the best parameters
+    seen — by the loss on ``val`` = (noise, targets) when given (scored every ``eval_every`` Adam
+    steps, and at the end), else by the training loss — and a log."""
+    if optimizer not in ("adam", "lbfgs"):
+        raise InvalidChoice(f"unknown optimizer {optimizer!r}; valid: adam, lbfgs")
+    p = params.detach().clone().requires_grad_(True)
+    train0 = problem.loss(p.detach(), sigmas)
+    log = {"optimizer": optimizer, "loss_init": train0, "curve": []}
+    state = {"train": (train0, p.detach().clone()), "evals": 0}
+    if val is not None:
+        log["val_init"] = problem.loss(p.detach(), sigmas, *val)
+        state["val"] = (log["val_init"], p.detach().clone())
+    bar = tqdm(total=iters, desc=desc, disable=not progress, leave=False)
+
+    def closure() -> Tensor:
+        if p.grad is not None:
+            p.grad = None
+        loss = problem.loss(p, sigmas, backward=True)
+        p.grad.mul_(problem.mask)
+        if loss < state["train"][0]:
+            state["train"] = (loss, p.detach().clone())
+        if state["evals"] % max(1, iters // 20) == 0:
+            log["curve"].append([state["evals"], loss])
+        state["evals"] += 1
+        return torch.tensor(loss, dtype=torch.float64)
+
+    def score_val() -> None:
+        v = problem.loss(p.detach(), sigmas, *val)
+        if v < state["val"][0]:
+            state["val"] = (v, p.detach().clone())
+
+    if optimizer == "adam":
+        opt = torch.optim.Adam([p], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iters, 1), eta_min=lr * 0.01)
+        for it in range(iters):
+            loss = float(closure())
+            opt.step()
+            sched.step()
+            if val is not None and ((it + 1) % eval_every == 0 or it + 1 == iters):
+                score_val()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", best=f"{state['train'][0]:.4g}")
+    else:
+        opt = torch.optim.LBFGS([p], lr=lr, max_iter=iters, max_eval=int(iters * 1.5) + 1, history_size=50,
+                                tolerance_grad=1e-14, tolerance_change=1e-16, line_search_fn="strong_wolfe")
+
+        def counted() -> Tensor:
+            out = closure()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(out):.4g}", best=f"{state['train'][0]:.4g}")
+            return out
+
+        opt.step(counted)
+        if val is not None:
+            score_val()
+    bar.close()
+    last = problem.loss(p.detach(), sigmas)  # the parameters after the last step
+    if last < state["train"][0]:
+        state["train"] = (last, p.detach().clone())
+    log["gradient_evals"] = state["evals"]
+    if val is None:
+        best = state["train"][1]
+        log["loss_best"] = state["train"][0]
+    else:
+        best = state["val"][1]
+        log["val_best"] = state["val"][0]
+        log["loss_best"] = problem.loss(best, sigmas)
+    return best, log
+
+
+def _as_params(init: Correction | None, nfe: int, width: int, form: str) -> Tensor:
+    params = torch.zeros(nfe, width, dtype=torch.float64)
+    if init is not None:
+        if init.form != form:
+            raise ValueError(f"init has form {init.form!r}, the fit {form!r}")
+        for k in range(min(nfe, len(init.theta))):
+            row = [float(v) for v in init.theta[k]][:width]
+            params[k, :len(row)] = torch.tensor(row, dtype=torch.float64)
+    return params
+
+
+def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: Grid = None,
+            teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: Grid = None, targets: Tensor | None = None,
+            distance: str | Callable = "l2", iters: int = 200, lr: float = 3e-2, chunk: int | None = None,
+            val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
+            init: Correction | None = None, optimizer: str = "adam", lpips_weights: str | None = None,
+            classifier: str | None = None, progress: bool = False, **provenance) -> Correction:
+    """S4S (Frankel et al. 2025): learn the per-evaluation coefficients of ``solver`` on its last
+    ``window`` data predictions (form ``s4s``/``s4s2``/``s4s4``) so that its final samples from
+    ``noise`` match ``teacher``'s (``teacher_nfe`` evaluations; or the given ``targets``).
+
+    Adam (``iters`` steps, learning rate ``lr`` with cosine decay, gradients through the model and the
+    solver by autograd, in ``chunk``-sized pieces when memory is short) from θ = 0 (the base solver)
+    or ``init`` (``optimizer="lbfgs"``: L-BFGS instead, for small problems solved precisely). Returns
+    the best θ seen — by the loss on ``val_noise`` (held-out noise, teacher run on it unless
+    ``val_targets``) when given, else by the training loss. ``distance``: ``"l2"``
+    (mean squared error), ``"fd_digits"`` (digits-classifier features), ``"lpips"`` (with
+    ``lpips_weights``) or a callable ``(x, y) -> batch-mean scalar``. Returns a
+    :class:`~dode.core.forms.Correction` (float θ) with ``fit_seconds`` and the losses in its provenance.
+    """
+    start = time.perf_counter()
+    problem = S4SProblem.setup(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid,
+                               targets, distance, lpips_weights, classifier, chunk)
+    spec, sigmas, form = problem.spec, problem.sigmas, problem.form
+    val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
+    params = _as_params(init, nfe, len(problem.mask[0]), form)
+    with torch.enable_grad():
+        params, log = optimise(problem, params, sigmas, iters, lr, val, eval_every, progress,
+                               f"fit s4s {spec.name}@{nfe}", optimizer)
+    prov = {"method": "s4s", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
+            "grid": grid_record(grid, sigmas), "sigmas": [float(v) for v in sigmas], "batch": int(noise.shape[0]),
+            "distance": problem.distance_name, "iters": iters, "lr": lr, **problem.teacher_info, **log,
+            "student_runs": problem.runs, "fit_seconds": time.perf_counter() - start, "dode_version": __version__,
+            **provenance}
+    return problem.result(params, prov)
