@@ -18,7 +18,7 @@ from torch import nn
 
 import dode
 from dode.core.denoisers import VPDenoiser
-from dode.learn.dode import student_points, teacher_states
+from dode.learn import student_points, teacher_states
 from dode.core.sampling import solver_grid
 from dode.core.schedules import DiscreteVPSchedule
 

@@ -7,11 +7,10 @@
 >>> lam = dode.fit_lambdas(model, noise, solver="ddim", nfe=5, scale=10)
 >>> x = dode.sample(model, torch.randn(8, 2, dtype=torch.float64), solver="ddim", nfe=5, lambdas=lam)
 """
-__version__ = "0.1.0"
-
-from dode.learn.dode import fit_correction, fit_lambdas  # noqa: E402
-from dode.core.forms import Correction  # noqa: E402
-from dode.core.sampling import sample, trajectory  # noqa: E402
-from dode.core.solvers import SOLVERS  # noqa: E402
+from dode.core.forms import Correction
+from dode.core.sampling import sample, trajectory
+from dode.core.solvers import SOLVERS
+from dode.learn.dode import fit_correction, fit_lambdas
+from dode.version import __version__
 
 __all__ = ["sample", "trajectory", "fit_lambdas", "fit_correction", "Correction", "SOLVERS", "__version__"]

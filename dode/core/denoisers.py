@@ -38,7 +38,8 @@ def as_sigma(sigma, x: Tensor) -> Tensor:
     return s.expand(x.shape[0]) if s.ndim == 0 else s.reshape(x.shape[0])
 
 
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
+def per_sample(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample vector ``v`` of shape ``(batch,)`` shaped to broadcast against ``x`` ``(batch, …)``."""
     return v.reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -68,13 +69,13 @@ class VPDenoiser(nn.Module):
         sigma = as_sigma(sigma, x)
         a = torch.rsqrt(1 + sigma**2)
         t = (self.schedule.t(sigma) - 1).to(x.dtype)
-        out = self.model(x * _bcast(a, x).to(x.dtype), t, **self.model_kwargs)
-        s = _bcast(sigma, x).to(x.dtype)
+        out = self.model(x * per_sample(a, x).to(x.dtype), t, **self.model_kwargs)
+        s = per_sample(sigma, x).to(x.dtype)
         if self.output == "eps":
             return x - s * out
         if self.output == "x0":
             return out
-        ab = _bcast(a, x).to(x.dtype)
+        ab = per_sample(a, x).to(x.dtype)
         return ab * ab * x - s * ab * out
 
 

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from dode.core.denoisers import VPDenoiser, _bcast, as_sigma
+from dode.core.denoisers import VPDenoiser, per_sample, as_sigma
 from dode.core.schedules import DiscreteVPSchedule, VESchedule
 
 
@@ -60,7 +60,7 @@ class GaussianMixture(nn.Module):
     def sample_data(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
         noise = torch.randn(n, *self.shape, dtype=torch.float64, generator=generator)
-        return self.means[k] + _bcast(self.stds[k], noise) * noise
+        return self.means[k] + per_sample(self.stds[k], noise) * noise
 
     def exact_solution(self, x: Tensor, sigma_from: float, sigma_to: float) -> Tensor:
         """Exact ODE flow from σ_from to σ_to (single-component mixtures only)."""
@@ -76,8 +76,8 @@ class GaussianMixture(nn.Module):
         def eps(x_vp: Tensor, t: Tensor) -> Tensor:
             tau = torch.as_tensor(t, dtype=torch.float64).reshape(-1) + 1
             sigma = schedule.sigma(tau).expand(x_vp.shape[0])
-            x = x_vp / _bcast(torch.rsqrt(1 + sigma**2), x_vp).to(x_vp.dtype)
-            return ((x - self(x, sigma)) / _bcast(sigma, x).to(x.dtype)).to(x_vp.dtype)
+            x = x_vp / per_sample(torch.rsqrt(1 + sigma**2), x_vp).to(x_vp.dtype)
+            return ((x - self(x, sigma)) / per_sample(sigma, x).to(x.dtype)).to(x_vp.dtype)
 
         return eps
 

@@ -140,7 +140,8 @@ SOLVERS["euler"] = Solver("euler", ddim, one_per_step, "euler", 1)  # EDM's Eule
 def heun(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """EDM Heun (Karras et al. 2022, Alg. 1): Euler predictor, trapezoidal corrector. Order 2.
     D-EDM: λ on the Euler stage with D_i − D'_{i−1} (the previous step's corrector output), on the
-    corrector with D'_i − D_i (IIA/S4S forms: the Euler stage pairs with D_{i−1}, see PREDICTOR_HISTORY)."""
+    corrector with D'_i − D_i (IIA/S4S forms: the Euler stage pairs with D_{i−1}, see
+    ``Form.predictor_history`` in :mod:`dode.core.forms`)."""
     for (s, t), n in zip(_pairs(sigmas), plan):
         d = path(x, s)
         x_euler = ddim_step(x, d, s, t)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dode import __version__
+from dode.version import __version__
 from dode.core.denoisers import native_prediction
 from dode.core.forms import Correction, get_form
 from dode.core.path import ModelPath

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dode import __version__
+from dode.version import __version__
 from dode.core.forms import Correction
 from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, sample, solver_grid

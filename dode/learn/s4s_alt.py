@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from dode import __version__
+from dode.version import __version__
 from dode.core.forms import Correction
 from dode.core.schedules import Grid
 from dode.learn.grids import MonotoneGrid, grid_record
