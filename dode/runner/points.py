@@ -235,7 +235,7 @@ def check_with_model(point: Point, denoiser) -> None:
 
 
 # ------------------------------------------------------------------------------------------- model
-def load_denoiser(point: Point, device: str):
+def load_denoiser(point: Point, device: str) -> Any:
     """The checkpoint as a denoiser: ``dode.models.checkpoints.load_checkpoint(cfg)``, or a factory given by
     ``_target_`` in the checkpoint config (analytic and test models)."""
     ck = point.checkpoint

@@ -58,7 +58,7 @@ def record(results_dir: str | Path, rows: list[dict]) -> None:
         write_atomic(path, buf.getvalue().encode())
 
 
-def read_runs(results_dir: str | Path):
+def read_runs(results_dir: str | Path) -> Any:
     """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none)."""
     import pandas as pd
 
@@ -66,9 +66,9 @@ def read_runs(results_dir: str | Path):
     return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
 
 
-def summary(points: list[Point], table=None) -> str:
+def summary(points: list[Point], table: Any = None) -> str:
     """A readable table of the points' rows in runs.csv: solver, NFE, base vs correction (mean ± std
-    over the seeds), λ fit time."""
+    over the seeds), λ fit time. ``table``: runs.csv as a DataFrame (default: read from the results dir)."""
     if not points:
         return ""
     first = points[0]

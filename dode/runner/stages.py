@@ -76,7 +76,7 @@ def fit_stage(point: Point, folder: Path, denoiser, ctx: Context, rlog: RunLog, 
 
 
 # -------------------------------------------------------------------------------------- generate
-def sampling_grid(point: Point, correction: Any):
+def sampling_grid(point: Point, correction: Any) -> Any:
     """The solver's configured grid, or the grid a correction learned (S4S-Alt)."""
     from dode.learn import grid_of
 

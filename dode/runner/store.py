@@ -167,7 +167,7 @@ def sha256_bytes(data: bytes) -> str:
 class RunLog:
     """Appends concise timestamped lines to ``run.log`` in a run folder (and logs them on rank 0)."""
 
-    def __init__(self, folder: Path, rank: int = 0):
+    def __init__(self, folder: Path, rank: int = 0) -> None:
         self.path, self.rank = folder / "run.log", rank
 
     def __call__(self, msg: str, console: bool = True, level: int = logging.INFO) -> None:
@@ -226,7 +226,7 @@ class Manifest:
     Updated under an ``fcntl`` lock with an atomic replace, so processes may add shards at once.
     """
 
-    def __init__(self, folder: Path, header: dict):
+    def __init__(self, folder: Path, header: dict) -> None:
         self.folder, self.path, self.header = folder, folder / "manifest.json", header
 
     def read(self) -> dict:
