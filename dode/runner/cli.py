@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from dode.errors import UserError
-from dode.runner.config import config_dir
+from dode.runner.config import config_dir, without_group
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -26,8 +26,8 @@ def _none_distill() -> dict:
         from hydra import compose
         from hydra.core.hydra_config import HydraConfig
 
-        overrides = [o for o in HydraConfig.get().overrides.task if not o.split("=")[0].lstrip("+~").startswith("distill")]
-        cfg = compose(config_name="config", overrides=overrides + ["distill=none"])
+        overrides = without_group(list(HydraConfig.get().overrides.task), "distill") + ["distill=none"]
+        cfg = compose(config_name="config", overrides=overrides)
         return OmegaConf.to_container(cfg.distill, resolve=True)
     except Exception:  # compose unavailable (e.g. restored remote job): the file itself
         return OmegaConf.to_container(OmegaConf.load(config_dir() / "distill" / "none.yaml"), resolve=True)
@@ -42,16 +42,19 @@ def _multirun() -> bool:
 
 def app(cfg) -> list[dict] | None:
     """One Hydra job: build the points, run them on every process, print the summary table."""
-    from dode.runner import experiment
     from dode.runner.distributed import launch
+    from dode.runner.points import build_points
+    from dode.runner.results import summary
+    from dode.runner.stages import execute
 
     try:
         try:
-            points = experiment.build_points(cfg, _choices(), _none_distill())
+            points = build_points(cfg, _choices(), _none_distill())
             lc = cfg.launcher
-            rows = launch(experiment.execute, {"points": points}, world_size=int(cfg.world_size),
-                          launcher=str(lc.name), device=str(cfg.device), backend=lc.get("backend"),
-                          threads_per_worker=lc.get("threads_per_worker"), timeout_min=float(lc.get("timeout_min", 600)))
+            rows = launch(execute, {"points": points}, world_size=int(cfg.world_size), launcher=str(lc.name),
+                          device=str(cfg.device), backend=lc.get("backend"),
+                          threads_per_worker=lc.get("threads_per_worker"),
+                          timeout_min=float(lc.get("timeout_min", 600)))
         except UserError as e:
             _fail(str(e))
             return None
@@ -61,7 +64,7 @@ def app(cfg) -> list[dict] | None:
             sys.exit(EXIT_INTERRUPTED)
         if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
             print()
-            print(experiment.summary(points))
+            print(summary(points))
         return rows
     finally:
         sys.stdout.flush()

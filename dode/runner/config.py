@@ -38,3 +38,8 @@ def group_option(group: str, name: str) -> dict:
 
     path = config_dir() / group / f"{name}.yaml"
     return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.is_file() else {}
+
+
+def without_group(overrides: list[str], group: str) -> list[str]:
+    """``overrides`` without those of ``group`` (``group=…``, ``group.key=…``, ``+group…``, ``~group…``)."""
+    return [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith(group)]

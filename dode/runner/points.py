@@ -1,20 +1,244 @@
-"""Points: what one configuration of ``dode-run`` runs, and the model it runs on."""
+"""Points: what one configuration of ``dode-run`` runs, its checks, and the model it runs on.
+
+A :class:`Point` is one sampler configuration — dataset, checkpoint, solver, NFE, correction with
+its K, B and fit seed, the evaluation seeds and sizes — built from a composed Hydra config by
+:func:`build_points`. The config nodes (``dataset``, ``checkpoint``, ``eval``, ``solver``,
+``distill``) stay plain dicts: they are open user configs. Every point is checked before any work
+starts: cheap checks (:func:`check_point`), the files it needs (:func:`check_files`) and, once the
+model is loaded, the grid and K·N ≤ T (:func:`check_with_model`).
+"""
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from dode.errors import UserError
-from dode.runner.config import config_dir
+from dode.runner.config import config_dir, without_group
+from dode.runner.methods import Method, method_of
+from dode.runner.seeds import BLOCK, FIT_BLOCK, MAX_FIT_SEED
 
 # config keys that describe a `_target_` model or metric rather than being its arguments
 META_KEYS = {"label", "description", "doc", "_doc", "source", "name", "loader", "channels", "resolution",
-         "num_classes", "class_label"}
+             "num_classes", "class_label"}
 
 
-def load_denoiser(point: dict, device: str):
+@dataclass(frozen=True)
+class Choices:
+    """The option chosen in each config group: the names in run folders and runs.csv."""
+
+    dataset: str
+    checkpoint: str
+    eval: str
+    solver: str
+    distill: str
+
+
+@dataclass(frozen=True)
+class Point:
+    """One configuration of ``dode-run``. The field order is the order of ``point`` in run.json."""
+
+    dataset: dict
+    checkpoint: dict
+    eval: dict
+    solver: dict
+    scale: int  # K
+    batch: int  # B
+    fit_seed: int
+    num_samples: int  # per evaluation seed
+    batch_size: int
+    shard_size: int
+    dtype: str
+    results_dir: str
+    progress: bool
+    seeds: tuple[int, ...]  # evaluation seeds
+    choices: Choices
+    nfe: int
+    distill: dict
+
+    def to_dict(self) -> dict:
+        """The point as plain JSON-able data (as stored in run.json)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def method(self) -> Method:
+        """The registered method of the distill config (:mod:`dode.runner.methods`)."""
+        return method_of(self.distill)
+
+    @property
+    def fits(self) -> bool:
+        """Whether K, B and the fit seed matter (a fitted correction)."""
+        return self.method.fits
+
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype of noise and solver state: float32 or float64."""
+        if self.dtype not in ("float32", "float64"):
+            raise UserError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        return getattr(torch, self.dtype)
+
+    def metric_name(self) -> str:
+        """The metric of :mod:`dode.eval.metrics`: ``eval.metric``, else ``eval.name``, else the option."""
+        return str(self.eval.get("metric") or self.eval.get("name") or self.choices.eval)
+
+    def metric_kwargs(self, device: str) -> dict:
+        """Keyword arguments of the metric: the eval config without its meta keys, the dataset name and
+        the device (``auto``: the run's)."""
+        kw = {k: v for k, v in self.eval.items() if k not in META_KEYS and k != "metric"}
+        kw.setdefault("dataset", self.dataset.get("name", self.choices.dataset))
+        if kw.get("device") in (None, "auto"):
+            kw["device"] = device
+        return kw
+
+
+# ------------------------------------------------------------------------------------------ building
+POINT_KEYS = ("dataset", "checkpoint", "eval", "solver", "scale", "batch", "fit_seed", "num_samples", "batch_size",
+              "shard_size", "dtype", "results_dir", "progress")
+INT_KEYS = ("scale", "batch", "fit_seed", "num_samples", "batch_size", "shard_size")
+
+
+def _integer(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    return value
+
+
+def build_points(cfg, choices: dict, none_distill: dict | None = None, with_files: bool = True) -> list[Point]:
+    """The points of a ``dode-run`` config: every NFE of ``nfe``, the base solver first when
+    ``compare_base`` and a correction is chosen. ``with_files``: also check that the checkpoint and
+    the metric's reference statistics exist (:func:`check_files`)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    nfes = c["nfe"] if isinstance(c["nfe"], list) else [c["nfe"]]
+    seeds = c["seeds"] if isinstance(c["seeds"], list) else [c["seeds"]]
+    if not nfes or not seeds:
+        raise UserError("nfe and seeds must not be empty")
+    base = {k: c[k] for k in POINT_KEYS}
+    base.update({k: _integer(k, c[k]) for k in INT_KEYS}, seeds=tuple(int(s) for s in seeds),
+                results_dir=str(c["results_dir"]), progress=bool(c["progress"]), dtype=str(c["dtype"]))
+    names = {g: str(choices.get(g)) for g in ("dataset", "checkpoint", "eval", "solver", "distill")}
+    distills = [(names["distill"], c["distill"])]
+    if c.get("compare_base") and c["distill"].get("kind", "none") != "none":
+        distills.insert(0, ("none", none_distill or {"name": "none", "kind": "none", "label": "base"}))
+    points = []
+    for nfe in nfes:
+        if isinstance(nfe, bool) or not isinstance(nfe, int):
+            raise UserError(f"nfe must be an integer or a list of integers, got {nfe!r}")
+        for name, d in distills:
+            p = Point(**base, choices=Choices(**{**names, "distill": name}), nfe=nfe, distill=d)
+            check_point(p)
+            points.append(p)
+    if with_files:
+        check_files(points[0])
+    return points
+
+
+def points_from_overrides(overrides: list[str], with_files: bool = True) -> list[Point]:
+    """The points ``dode-run <overrides>`` runs (one job of a sweep), composed from the config tree by
+    the runner's own code; ``with_files=False`` skips the checks that need the checkpoint and the
+    reference statistics on this machine."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        none = compose("config", overrides=without_group(list(overrides), "distill") + ["distill=none"]).distill
+    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra")
+    return build_points(plain, choices, OmegaConf.to_container(none, resolve=True), with_files)
+
+
+# ---------------------------------------------------------------------------------------- checks
+def check_point(point: Point) -> None:
+    """Cheap checks before any process starts (names, NFE of the solver, seeds, sizes)."""
+    from dode.core.solvers import get_solver
+
+    try:
+        get_solver(point.solver["name"]).plan(point.nfe, True)
+    except ValueError as e:
+        raise UserError(f"solver={point.choices.solver} nfe={point.nfe}: {e}") from None
+    method_of(point.distill)
+    for s in point.seeds:
+        if not (0 <= s < FIT_BLOCK):
+            raise UserError(f"evaluation seeds must be integers in [0, {FIT_BLOCK}), got {s}")
+    if not (0 <= point.fit_seed <= MAX_FIT_SEED):
+        raise UserError(f"fit_seed must be in [0, {MAX_FIT_SEED}], got {point.fit_seed}")
+    for key in ("num_samples", "batch"):
+        if not (1 <= getattr(point, key) <= BLOCK):
+            raise UserError(f"{key} must be in [1, {BLOCK}] (samples per seed block), got {getattr(point, key)}")
+    for key in ("scale", "batch", "batch_size", "shard_size"):
+        if getattr(point, key) < 1:
+            raise UserError(f"{key} must be a positive integer, got {getattr(point, key)}")
+
+
+def check_eval(point: Point) -> None:
+    """Fail before sampling when the metric's reference statistics are missing."""
+    if "_target_" in point.eval:
+        return
+    from dode.eval import metrics
+
+    name = metrics.check_metric(point.metric_name())
+    if name != "fd_digits":  # FD-digits computes its reference from the embedded set
+        metrics.reference_stats(name, **point.metric_kwargs("cpu"))
+
+
+def check_files(point: Point) -> None:
+    """Before any process starts: the checkpoint file(s) and the metric's reference statistics exist.
+    Every missing piece is reported at once, each saying where to get it and where to put it."""
+    problems = []
+    ck = point.checkpoint
+    if "_target_" not in ck:
+        from dode.models.checkpoints import resolve_file
+
+        parts = [(ck, "checkpoint")]
+        if isinstance(ck.get("classifier"), dict):
+            parts.append((ck["classifier"], "checkpoint.classifier"))
+        for cfg, key in parts:
+            if cfg.get("file") or cfg.get("path"):
+                try:
+                    resolve_file(cfg, key)
+                except UserError as e:
+                    problems.append(str(e))
+    try:
+        check_eval(point)
+    except UserError as e:
+        problems.append(str(e))
+    if problems:
+        raise UserError("\n\n".join(problems))
+
+
+def check_with_model(point: Point, denoiser) -> None:
+    """Checks that need the model: the grid fits the schedule and K·N ≤ T for the teacher."""
+    from dode.core.sampling import solver_grid
+    from dode.core.schedules import schedule_of
+    from dode.learn import student_points
+
+    name, nfe, ck = point.solver["name"], point.nfe, point.choices.checkpoint
+    try:
+        spec, sigmas, plan = solver_grid(denoiser, name, nfe, point.solver.get("grid"))
+    except ValueError as e:
+        raise UserError(f"solver={name} nfe={nfe} on checkpoint {ck}: {e}") from None
+    sched = schedule_of(denoiser)
+    if point.fits and getattr(sched, "discrete", False):
+        n = len(student_points(denoiser, spec, sigmas, plan)[1]) - 1
+        k = point.scale
+        if k * n > sched.T:
+            raise UserError(
+                f"scale={k} is impossible for {name} at nfe={nfe} on {ck}: the teacher refines each of the {n} "
+                f"student intervals K times, K·N = {k}·{n} = {k * n} steps, but the model has only "
+                f"T = {sched.T} timesteps. Use scale ≤ {sched.T // n} (or a smaller nfe).")
+
+
+# ------------------------------------------------------------------------------------------- model
+def load_denoiser(point: Point, device: str) -> Any:
     """The checkpoint as a denoiser: ``dode.models.checkpoints.load_checkpoint(cfg)``, or a factory given by
     ``_target_`` in the checkpoint config (analytic and test models)."""
-    ck = point["checkpoint"]
+    ck = point.checkpoint
     if "_target_" in ck:
         from hydra.utils import instantiate
 
@@ -30,9 +254,9 @@ def load_denoiser(point: dict, device: str):
     return den
 
 
-def image_shape(point: dict, denoiser) -> tuple[int, int, int]:
+def image_shape(point: Point, denoiser) -> tuple[int, int, int]:
     """(C, H, W) of the model's images: from the checkpoint config, else the dataset config."""
-    for node in (point["checkpoint"], point["dataset"]):
+    for node in (point.checkpoint, point.dataset):
         c, r = node.get("channels"), node.get("resolution")
         if c and r:
             return int(c), int(r), int(r)
@@ -42,39 +266,8 @@ def image_shape(point: dict, denoiser) -> tuple[int, int, int]:
     raise UserError("the image shape is unknown: give the checkpoint (or dataset) config `channels` and `resolution`")
 
 
-def load_model(dataset: str, checkpoint: str, device: str = "cpu"):
-    """(denoiser, point) of ``checkpoint`` composed from the repository's conf/ like dode-run does."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-
-    if GlobalHydra.instance().is_initialized():
-        GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={dataset}", f"checkpoint={checkpoint}"])
-    c = OmegaConf.to_container(cfg, resolve=True)
-    point = {"checkpoint": c["checkpoint"], "dataset": c["dataset"], "choices": {"checkpoint": checkpoint}}
-    den = load_denoiser(point, device)
-    return den, point
-
-
-def points_from_overrides(overrides: list[str], with_files: bool = True) -> list:
-    """The points ``dode-run <overrides>`` runs (one job of a sweep), composed from the config tree by
-    the runner's own code; ``with_files=False`` skips the checks that need the checkpoint and the
-    reference statistics on this machine."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from dode.runner.experiment import build_points
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-        none = compose("config", overrides=[o for o in overrides if not o.split("=")[0].lstrip("+~").startswith("distill")]
-                       + ["distill=none"]).distill
-    choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra/")}
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra")
-    return build_points(plain, choices, OmegaConf.to_container(none, resolve=True), with_files)
+def load_model(dataset: str, checkpoint: str, device: str = "cpu") -> tuple[Any, Point]:
+    """(denoiser, point) of ``checkpoint``: the first point of ``dode-run dataset=<dataset>
+    checkpoint=<checkpoint>`` (composed from the repository's conf/) and its model."""
+    point = points_from_overrides([f"dataset={dataset}", f"checkpoint={checkpoint}"], with_files=False)[0]
+    return load_denoiser(point, device), point

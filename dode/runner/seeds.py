@@ -10,12 +10,15 @@ stream seed stays below 2³²: evaluation seeds ``0 ≤ s < 400``, fit seeds ``0
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from dode.errors import UserError
+
+if TYPE_CHECKING:
+    from dode.runner.points import Point
 
 BLOCK = 10**7  # samples per seed block: stream seed = block · 10⁷ + sample index
 FIT_BLOCK = 400  # evaluation seeds use blocks [0, 400), the λ fit blocks [400, 429)
@@ -49,15 +52,14 @@ def make_noise(block: int, indices: Iterable[int], shape: tuple, dtype=torch.flo
     return out, seeds
 
 
-def set_labels(denoiser, point: dict, seeds: list[int], device: str) -> None:
+def set_labels(denoiser, point: Point, seeds: list[int], device: str) -> None:
     """Class labels of a conditional model for the samples ``seeds``: ``denoiser.model_kwargs
     ["class_labels"]`` drawn by :func:`dode.models.checkpoints.draw_labels` (each from its sample's seed)."""
-    n = int(point["checkpoint"].get("num_classes") or 0)
+    n = int(point.checkpoint.get("num_classes") or 0)
     if not n:
         return
-    labels = draw_labels(seeds, n, fixed=point["checkpoint"].get("class_label"))
+    labels = draw_labels(seeds, n, fixed=point.checkpoint.get("class_label"))
     denoiser.model_kwargs["class_labels"] = labels.to(device)
-
 
 
 def _label_seed(seed: int) -> int:

@@ -1,8 +1,8 @@
-"""Per-sample random streams: class labels."""
+"""Per-sample random streams: noise and class labels."""
 import pytest
 import torch
 
-from dode.runner.seeds import draw_labels
+from dode.runner.seeds import BLOCK, MAX_FIT_SEED, draw_labels, eval_block, fit_block, make_noise, stream_seed
 
 
 def test_draw_labels_is_per_seed():
@@ -19,3 +19,16 @@ def test_draw_labels_is_per_seed():
         draw_labels([1], 10, fixed=10)
     with pytest.raises(ValueError):
         draw_labels([1], 0)
+
+
+def test_seed_streams_are_per_sample_and_disjoint():
+    a, _ = make_noise(eval_block(1), range(10, 20), (1, 4, 4))
+    b, _ = make_noise(eval_block(1), [15, 12], (1, 4, 4))
+    assert torch.equal(a[5], b[0]) and torch.equal(a[2], b[1])  # a sample's noise ignores its batch
+    c, _ = make_noise(eval_block(2), range(10, 20), (1, 4, 4))
+    f, _ = make_noise(fit_block(0), range(10, 20), (1, 4, 4))
+    assert not torch.equal(a, c) and not torch.equal(a, f)
+    top = stream_seed(fit_block(MAX_FIT_SEED), BLOCK - 1)
+    assert top < 2**32  # torch's CPU generator keeps only 32 bits of a seed
+    seeds = {stream_seed(eval_block(s), i) for s in (0, 1, 2) for i in (0, BLOCK - 1)}
+    assert len(seeds) == 6 and stream_seed(fit_block(0), 0) > max(seeds)

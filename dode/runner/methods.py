@@ -1,0 +1,135 @@
+"""The one registry of correction methods: distill ``kind`` → how its correction is fitted and loaded.
+
+Every ``conf/distill/<name>.yaml`` names a ``kind``; :data:`METHODS` maps it to a :class:`Method`:
+
+* ``fit(denoiser, noise, point, progress, provenance)`` — called once per run folder by the fit
+  stage (rank 0, gradients enabled) with the ``B`` fit noises; it calls the public API of
+  :mod:`dode.learn` with keyword arguments taken from the distill config (``point.distill``) and the
+  point (solver, NFE, K), and returns a correction with ``save(path)``;
+* ``load(path)`` — reads ``lambdas.json`` back as what :func:`dode.sample` takes as ``lambdas``;
+* ``fits`` — whether K, B and the fit seed matter: the fit batch is drawn, and they enter the run
+  hash and the folder name (``-K<K>-B<B>``).
+
+A new learned method is its form (:mod:`dode.core`), its fit (one file in ``dode/learn/``), ONE
+``@register("<kind>")`` function here, and its ``conf/distill/<name>.yaml`` with ``kind: <kind>``.
+A distill config may instead name its own ``fit: package.module:function`` (and ``load:``,
+``fits:``), which override the entry of its kind (and need no registration).
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from torch import Tensor
+
+from dode import Correction
+from dode.errors import UserError
+from dode.learn import fit_correction, fit_iia, fit_s4s, fit_s4s_alt
+
+if TYPE_CHECKING:
+    from dode.runner.points import Point
+
+FitFunction = Callable[[Any, Tensor, "Point", bool, dict], Any]
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a correction of one distill kind is fitted and loaded (see the module docstring)."""
+
+    fit: FitFunction | None
+    load: Callable[[str | Path], Any] | None = Correction.load
+    fits: bool = True
+
+
+METHODS: dict[str, Method] = {"none": Method(None, None, fits=False)}
+
+
+def register(kind: str, fits: bool = True,
+             load: Callable[[str | Path], Any] = Correction.load) -> Callable[[FitFunction], FitFunction]:
+    """Decorator: the fit function of distill ``kind`` (one registration per method)."""
+    def add(fit: FitFunction) -> FitFunction:
+        METHODS[kind] = Method(fit, load, fits)
+        return fit
+    return add
+
+
+def import_ref(ref: str) -> Any:
+    """The object named ``package.module:attribute[.attribute…]``."""
+    module, _, attr = ref.partition(":")
+    try:
+        obj = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise UserError(f"distill config names {ref!r}, which cannot be imported: {e}") from None
+    return obj
+
+
+def method_of(distill: dict) -> Method:
+    """The :class:`Method` of a distill config: its kind's entry, overridden by the config's own
+    ``fit``/``load`` (``module:function`` strings) and ``fits``."""
+    kind = distill.get("kind", "none")
+    if kind not in METHODS and not distill.get("fit"):
+        raise UserError(f"distill kind {kind!r} is not registered; valid kinds: {', '.join(METHODS)} "
+                        "(or give the distill config `fit: module:function`)")
+    base = METHODS.get(kind, Method(None))
+    if not any(key in distill for key in ("fit", "load", "fits")):
+        return base
+    fit, load = distill.get("fit", base.fit), distill.get("load", base.load)
+    return Method(import_ref(fit) if isinstance(fit, str) else fit, import_ref(load) if isinstance(load, str) else load,
+                  bool(distill.get("fits", base.fits)))
+
+
+def options(distill: dict, keys: tuple[str, ...]) -> dict:
+    """The entries ``keys`` of a distill config that are set (not null): keyword arguments of a fit."""
+    return {k: distill[k] for k in keys if distill.get(k) is not None}
+
+
+S4S_OPTIONS = ("window", "teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "optimizer", "lpips_weights",
+               "classifier")
+S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_evals", "grid_step", "round_iters", "free_end")
+
+
+# ------------------------------------------------------------------------------- registered methods
+@register("dode")
+def fit_dode(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """D-ODE and its appendix forms (``form``): :func:`dode.learn.fit_correction` against a K×
+    (``scale``) finer ``teacher`` (null: the solver's default)."""
+    d = point.distill
+    return fit_correction(denoiser, noise, point.solver["name"], point.nfe, point.scale, d.get("form", "dode"),
+                          grid=point.solver.get("grid"), teacher=d.get("teacher"), progress=progress, **provenance)
+
+
+@register("fixed", fits=False)
+def fixed_correction(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """One λ (``lam``) shared by every evaluation (Fixed-D-ODE, lookahead): nothing to fit."""
+    d = point.distill
+    return Correction.fixed(d.get("form", "dode"), float(d["lam"]), point.nfe, fit_seconds=0.0, **provenance)
+
+
+@register("iia")
+def fit_iia_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """IIA / BIIA (``form``): :func:`dode.learn.fit_iia` with M = ``substeps`` fine sub-steps per
+    student step (null: K, the run's ``scale``) of ``fine_solver`` (null: the student's own)."""
+    d = point.distill
+    return fit_iia(denoiser, noise, point.solver["name"], point.nfe, substeps=int(d.get("substeps") or point.scale),
+                   form=d.get("form", "iia"), grid=point.solver.get("grid"), fine_solver=d.get("fine_solver"),
+                   progress=progress, **provenance)
+
+
+@register("s4s")
+def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """S4S: :func:`dode.learn.fit_s4s` with the set :data:`S4S_OPTIONS` of the distill config."""
+    return fit_s4s(denoiser, noise, point.solver["name"], point.nfe, grid=point.solver.get("grid"), progress=progress,
+                   **options(point.distill, S4S_OPTIONS), **provenance)
+
+
+@register("s4s_alt")
+def fit_s4s_alt_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """S4S-Alt: :func:`dode.learn.fit_s4s_alt` with the set :data:`S4S_OPTIONS` and
+    :data:`S4S_ALT_OPTIONS` of the distill config; the learned grid is in the provenance."""
+    return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=point.solver.get("grid"),
+                       progress=progress, **options(point.distill, S4S_OPTIONS),
+                       **options(point.distill, S4S_ALT_OPTIONS), **provenance)
