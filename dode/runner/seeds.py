@@ -54,7 +54,7 @@ def make_noise(block: int, indices: Iterable[int], shape: tuple, dtype=torch.flo
 
 def set_labels(denoiser, point: Point, seeds: list[int], device: str) -> None:
     """Class labels of a conditional model for the samples ``seeds``: ``denoiser.model_kwargs
-    ["class_labels"]`` drawn by :func:`dode.models.checkpoints.draw_labels` (each from its sample's seed)."""
+    ["class_labels"]`` drawn by :func:`draw_labels` (each from its sample's seed)."""
     n = int(point.checkpoint.get("num_classes") or 0)
     if not n:
         return
