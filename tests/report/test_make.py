@@ -4,6 +4,7 @@ the runner's own code, which checks names, NFE, seeds, sizes and — on digits �
 model. The render commands must parse with the report's command line."""
 from __future__ import annotations
 
+import functools
 import shlex
 import shutil
 import subprocess
@@ -22,9 +23,20 @@ TARGETS = ["fig-fid-nfe", "table-time", "table-formulations", "table-ablation-sc
            "table-lookahead", "table-learned", "fig-cosine", "fig-trajectory", "fig-samples", "paper"]
 
 
-def make_commands(target: str, *args: str) -> list[list[str]]:
-    out = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(MK), target, *args], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+@functools.lru_cache(maxsize=None)
+def _make_n(target: str, *args: str, query: bool) -> str:
+    """`make -n` of a target. The makefile reads conf/paper.yaml and the registry through `python -m
+    dode.report query make` (about 2 s a call); unless ``query``, the answer is computed here by the
+    same function and given on the command line (PAPER_QUERY=…), which the makefile then uses."""
+    dataset = next((a.split("=", 1)[1] for a in args if a.startswith("DATASET=")), "digits")
+    given = [] if query else ["PAPER_QUERY=" + " ".join(cli.make_variables(dataset))]
+    return subprocess.run(["make", "--no-print-directory", "-n", "-f", str(MK), target, *args, *given], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def make_commands(target: str, *args: str, query: bool = False) -> list[list[str]]:
+    """The commands `make -n target args` prints, split at `&&` and `;` (a lone `true` left out)."""
+    out = _make_n(target, *args, query=query)
     cmds = []
     for line in out.splitlines():
         tokens = shlex.split(line)
@@ -126,6 +138,22 @@ def test_fig_samples_falls_back_to_the_noise_model():
 
 @needs_make
 def test_make_checkpoint_override_reaches_every_command():
-    cmds = make_commands("table-formulations", "DATASET=cifar10", "CHECKPOINT=diffusers-ddpm-cifar10-32")
+    cmds = make_commands("table-formulations", "DATASET=cifar10", "CHECKPOINT=diffusers-ddpm-cifar10-32", query=True)
     assert any("checkpoint=diffusers-ddpm-cifar10-32" in c for c in cmds)
     assert any("--checkpoint" in c and "diffusers-ddpm-cifar10-32" in c for c in cmds)
+
+
+@needs_make
+def test_make_artifacts_are_the_registry():
+    """`make paper` renders every registered artifact, in the registry's order, each after its sweeps;
+    the checkpoints come from conf/paper.yaml (no list of its own in the makefile)."""
+    cmds = make_commands("paper", query=True)
+    assert cmds == make_commands("paper")  # the makefile's own query gives what the tests give it
+    renders = [cli.parser().parse_args(c[3:]).what for c in cmds if c[:3] == ["python", "-m", "dode.report"]]
+    assert [w for what in renders for w in what] == list(ARTIFACTS)
+    assert all(len(what) == 1 for what in renders)
+    assert "ifeq ($(DATASET),cifar10)" not in MK.read_text() and "ddim:1000" not in MK.read_text()
+    for name, a in ARTIFACTS.items():  # a make target per artifact: its sweep target's commands, then its render
+        if a.sweep == "runs-samples" or a.sweep is None:
+            cmds = make_commands(name)
+            assert cmds[:-1] == (make_commands(a.sweep) if a.sweep else []) and name in cmds[-1]
