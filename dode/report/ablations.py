@@ -12,8 +12,8 @@ from dode.report.labels import method_label, metric_label
 from dode.report.options import Options
 from dode.report.protocol import protocol, timesteps_of
 from dode.report.registry import artifact
-from dode.report.tables import (NOT_GIVEN, Table, caption_common, cell, fmt_pm, long_form, paired_difference, present_nfes,
-                                rows_of, stem, write_tables)
+from dode.report.tables import (NOT_GIVEN, Table, caption_common, cell, fmt_pm, long_form, paired_difference,
+                                present_nfes, rows_of, stem, write_tables)
 
 # Published numbers (CIFAR-10, noise-prediction DDPM, FID of 50K samples; /work/shared/notes/methods.md
 # and the paper's appendix tables). Its Table 3 values and the λ of its Table 4 grid searches did not
@@ -27,8 +27,8 @@ ONE_LAMBDA = ("fixed", "lookahead")
 
 
 def _published(values: dict[str, tuple], title: str, caption: str) -> Table:
-    return Table(title, PAPER_NFE, [[method_label("ddim", k)] + [f"{v:.2f}" for v in vals] for k, vals in values.items()],
-                 caption)
+    rows = [[method_label("ddim", k)] + [f"{v:.2f}" for v in vals] for k, vals in values.items()]
+    return Table(title, PAPER_NFE, rows, caption)
 
 
 # ---------------------------------------------------------------------------------------- Table 2
@@ -100,9 +100,9 @@ def _ablation(runs: pd.DataFrame, opt: Options, which: str) -> list[Path]:
                     for n in nfes] for v in _values(dode, which) if v != ref]
     if diff_rows:
         tables.append(Table(f"Paired difference to {symbol} = {ref}", ["NFE"] + nfes, diff_rows,
-                            "Per evaluation seed (same noises, each side with its fit seed = that seed), mean ± std over "
-                            "seeds; negative = better than the reference. The seed-to-seed spread of the table above is "
-                            "mostly common to every row."))
+                            "Per evaluation seed (same noises, each side with its fit seed = that seed), mean ± std "
+                            "over seeds; negative = better than the reference. The seed-to-seed spread of the table "
+                            "above is mostly common to every row."))
     long = long_form(dode[dode["nfe"].isin(nfes)], [which, "nfe"])
     return write_tables(opt, stem(f"ablation-{which}", opt, ck), tables, long)
 
@@ -124,9 +124,10 @@ def _ablation_table(d: pd.DataFrame, dode: pd.DataFrame, info: Selection, opt: O
     base = d[d["distill"] == "none"]
     if not base.empty:
         rows.append(["DDIM (no λ)"] + [cell(base[base["nfe"] == n]).text for n in nfes])
-    notes = [f"† K·N > T = {T}: the runner refuses a teacher longer than the model's T timesteps. The paper "
-             f"notes that at NFE 50 \"scales 20 and 30 ... generate samples guided by the same teacher\" (the "
-             f"teacher capped at T); the value shown in parentheses is therefore the K = T // NFE run's."] if capped else []
+    capped_note = (f"† K·N > T = {T}: the runner refuses a teacher longer than the model's T timesteps. The paper "
+                   "notes that at NFE 50 \"scales 20 and 30 ... generate samples guided by the same teacher\" (the "
+                   "teacher capped at T); the value shown in parentheses is therefore the K = T // NFE run's.")
+    notes = [capped_note] if capped else []
     label = f"scale K (teacher steps per student step; B = {opt.batch})" if which == "scale" else \
         f"batch B (noises of the λ fit; K = {opt.scale})"
     cap = (caption_common(info, dode["seed"].unique()) + ". Each evaluation seed s uses its own λ fit (fit seed s), "
@@ -161,23 +162,8 @@ def table_lookahead(runs: pd.DataFrame, opt: Options) -> list[Path]:
     nfes = present_nfes(d, opt.nfe or protocol().table_nfe)
     grid = long_form(d[d["distill"].isin(ONE_LAMBDA)], ["distill", "lam", "nfe"]) \
         if d["distill"].isin(ONE_LAMBDA).any() else pd.DataFrame(columns=["distill", "lam", "nfe", "mean"])
-    lams = sorted(float(x) for x in grid["lam"].dropna().unique()) if len(grid) else []
-    rows = [[method_label("ddim", dist)] + [_lookahead_cell(d, grid, dist, n) for n in nfes]
-            for dist in ("none", "dode", *ONE_LAMBDA) if (d["distill"] == dist).any()]
-    t = Table(f"DDIM, D-DDIM, Fixed-D-DDIM and LA-DDIM — {opt.dataset} · {ck} (paper Section 13, Table 4 analogue)",
-              ["NFE"] + nfes, rows,
-              caption_common(info, d["seed"].unique()) + f". Fixed-D-DDIM (one λ for every step in D-DDIM's form) and "
-              f"LA-DDIM (lookahead: x̂0' = x̂0_k + λ(x̂0_k − x̂0_k−1)) show the best λ of the grid "
-              f"{{{', '.join(f'{x:g}' for x in lams)}}} per NFE, chosen on the same seeds it is reported on "
-              "(so slightly optimistic); D-DDIM needs no search.")
-    tables = [t]
-    grid_rows = _grid_rows(grid, lams, nfes)
-    if grid_rows:
-        tables.append(Table("The grid search", ["NFE"] + nfes, grid_rows,
-                            f"Every λ of the grid; figure: figures/{stem('lookahead-grid', opt, ck)}.png."))
-    tables.append(_published(PAPER_TABLE4, "Published (paper Table 4: CIFAR-10, DDPM, FID of 50K samples)",
-                             f"Quoted; the λ the paper's grid searches chose are {NOT_GIVEN}."))
-    out = write_tables(opt, stem("lookahead", opt, ck), tables, long_form(d[d["nfe"].isin(nfes)], ["distill", "lam", "nfe"]))
+    out = write_tables(opt, stem("lookahead", opt, ck), _lookahead_tables(d, grid, info, opt, nfes),
+                       long_form(d[d["nfe"].isin(nfes)], ["distill", "lam", "nfe"]))
     if len(grid):
         refs = {dist: {n: stats(rows_of(d, distill=dist, nfe=n)["value"].astype(float))[0] for n in nfes}
                 for dist in ("none", "dode")}
@@ -185,6 +171,27 @@ def table_lookahead(runs: pd.DataFrame, opt: Options) -> list[Path]:
                                    f"Grid search of one λ — {opt.dataset} · {ck} (paper Fig. 8b/c analogue)",
                                    opt.figures / stem("lookahead-grid", opt, ck))
     return out
+
+
+def _lookahead_tables(d: pd.DataFrame, grid: pd.DataFrame, info: Selection, opt: Options,
+                      nfes: list[int]) -> list[Table]:
+    """The methods with the best λ of the grid, the grid itself (when run), the published values."""
+    ck = opt.checkpoint
+    lams = sorted(float(x) for x in grid["lam"].dropna().unique()) if len(grid) else []
+    rows = [[method_label("ddim", dist)] + [_lookahead_cell(d, grid, dist, n) for n in nfes]
+            for dist in ("none", "dode", *ONE_LAMBDA) if (d["distill"] == dist).any()]
+    tables = [Table(f"DDIM, D-DDIM, Fixed-D-DDIM and LA-DDIM — {opt.dataset} · {ck} (paper Section 13, Table 4 "
+                    "analogue)", ["NFE"] + nfes, rows,
+                    caption_common(info, d["seed"].unique()) + ". Fixed-D-DDIM (one λ for every step in D-DDIM's "
+                    "form) and LA-DDIM (lookahead: x̂0' = x̂0_k + λ(x̂0_k − x̂0_k−1)) show the best λ of the grid "
+                    f"{{{', '.join(f'{x:g}' for x in lams)}}} per NFE, chosen on the same seeds it is reported on "
+                    "(so slightly optimistic); D-DDIM needs no search.")]
+    grid_rows = _grid_rows(grid, lams, nfes)
+    if grid_rows:
+        tables.append(Table("The grid search", ["NFE"] + nfes, grid_rows,
+                            f"Every λ of the grid; figure: figures/{stem('lookahead-grid', opt, ck)}.png."))
+    return tables + [_published(PAPER_TABLE4, "Published (paper Table 4: CIFAR-10, DDPM, FID of 50K samples)",
+                                f"Quoted; the λ the paper's grid searches chose are {NOT_GIVEN}.")]
 
 
 def _lookahead_cell(d: pd.DataFrame, grid: pd.DataFrame, dist: str, n: int) -> str:

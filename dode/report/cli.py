@@ -108,7 +108,8 @@ def make_variables(dataset: str) -> list[str]:
     with the make target of each one's sweeps (``PAPER_SWEEP_<artifact>``), and those targets."""
     p = protocol()
     models = p.models(dataset)
-    values = {"ARTIFACTS": _csv(ARTIFACTS), "SWEEPS": _csv(dict.fromkeys(a.sweep for a in ARTIFACTS.values() if a.sweep)),
+    sweeps = dict.fromkeys(a.sweep for a in ARTIFACTS.values() if a.sweep)
+    values = {"ARTIFACTS": _csv(ARTIFACTS), "SWEEPS": _csv(sweeps),
               "CHECKPOINT": models.noise or "", "EDM_CHECKPOINT": models.edm or "",
               "NOISE_SOLVERS": _csv(p.noise_solvers), "TABLE_NFE": _csv(p.table_nfe),
               "LEARNED_SOLVER": p.learned_solver, "LEARNED_NFE": _csv(p.learned_nfe),

@@ -171,30 +171,35 @@ def _montage(imgs: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndar
     return out
 
 
+def _sample_cell(ax, images: np.ndarray | None, title: str) -> None:
+    """One cell of the sample grid: the images as a montage, or an empty axis."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if images is None:
+        ax.axis("off")
+        return
+    m = _montage(images)
+    ax.imshow(m[..., 0] if m.shape[-1] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+
+
+def _sample_layout(cells: dict) -> tuple[list[tuple[str, str]], dict[str, list[int]]]:
+    """The rows (solver, distill) that have images, in the solvers' first order, and each solver's NFE."""
+    solvers = list(dict.fromkeys(s for s, _, _ in cells))
+    rows = [(s, d) for s in solvers for d in ("none", "dode") if any(k[0] == s and k[2] == d for k in cells)]
+    return rows, {s: sorted({n for s2, n, _ in cells if s2 == s}) for s in solvers}
+
+
 def sample_grids(cells: dict, title: str, stem: Path) -> list[Path]:
     """``cells[(solver, nfe, distill)]`` = uint8 images; rows solver × {base, D-ODE}, columns NFE."""
     plt = _plt()
-    solvers = list(dict.fromkeys(s for s, _, _ in cells))
-    rows = [(s, d) for s in solvers for d in ("none", "dode") if any(k[0] == s and k[2] == d for k in cells)]
-    cols = {s: sorted({n for s2, n, _ in cells if s2 == s}) for s in solvers}
+    rows, cols = _sample_layout(cells)
     ncol = max(len(v) for v in cols.values())
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.0 * ncol, 2.1 * len(rows)), squeeze=False)
     for r, (s, d) in enumerate(rows):
         for k in range(ncol):
-            ax = axes[r][k]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if k >= len(cols[s]):
-                ax.axis("off")
-                continue
-            n = cols[s][k]
-            im = cells.get((s, n, d))
-            if im is None:
-                ax.axis("off")
-                continue
-            m = _montage(im)
-            ax.imshow(m[..., 0] if m.shape[-1] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(f"{method_label(s, d)}, NFE {n}", fontsize=8)
+            n = cols[s][k] if k < len(cols[s]) else None
+            _sample_cell(axes[r][k], cells.get((s, n, d)), f"{method_label(s, d)}, NFE {n}")
     fig.suptitle(_wrap(title, 80), fontsize=10)
     fig.tight_layout()
     return save(fig, stem, dpi=120)

@@ -92,19 +92,25 @@ def _learned_tables(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, nfes:
     methods = [m for m in LEARNED_METHODS if (d["distill"] == m).any()]
     cells = {m: [cell(rows_of(d, distill=m, nfe=n)) for n in nfes] for m in methods}
     rows = [[method_label(s, m)] + [c.text for c in cells[m]] for m in methods]
-    if ref.cell.n:
-        rows.append([f"reference: {ref.label}"] + [ref.cell.text] * len(nfes))
+    rows += [[f"reference: {ref.label}"] + [ref.cell.text] * len(nfes)] if ref.cell.n else []
     notes = [_goal(curves, s, ref, info)] if protocol().goal_nfe in nfes else []
     tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", header, rows, _caption(d, info, opt, name), notes)]
     if ref.cell.n:
-        ratios = [[method_label(s, m)] + [_ratio(c.mean, ref.cell.mean) for c in cells[m]] for m in methods]
-        tables.append(Table(f"Ratio to the reference ({ref.label}: {ref.cell.text})", header, ratios,
-                            "Mean over seeds divided by the reference's mean."))
-    fits = [[method_label(s, m)] + [fit_seconds(rows_of(d, distill=m, nfe=n)) for n in nfes]
-            for m in methods if m != "none"]
-    if fits:
-        tables.append(Table("Fit time [s]", header, fits, FIT_CAPTION))
-    return tables
+        tables.append(_ratio_table(cells, ref, s, header))
+    return tables + _fit_table(d, [m for m in methods if m != "none"], s, nfes)
+
+
+def _fit_table(d: pd.DataFrame, methods: list[str], solver: str, nfes: list[int]) -> list[Table]:
+    """The fit time of each learned method per NFE (no table without one)."""
+    fits = [[method_label(solver, m)] + [fit_seconds(rows_of(d, distill=m, nfe=n)) for n in nfes] for m in methods]
+    return [Table("Fit time [s]", ["NFE"] + nfes, fits, FIT_CAPTION)] if fits else []
+
+
+def _ratio_table(cells: dict[str, list[Cell]], ref: Reference, solver: str, header: list) -> Table:
+    """Each method's mean over seeds divided by the reference's, per NFE."""
+    ratios = [[method_label(solver, m)] + [_ratio(c.mean, ref.cell.mean) for c in row] for m, row in cells.items()]
+    return Table(f"Ratio to the reference ({ref.label}: {ref.cell.text})", header, ratios,
+                 "Mean over seeds divided by the reference's mean.")
 
 
 def _learned_csv(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, solver: str) -> pd.DataFrame:

@@ -142,8 +142,8 @@ def _time_tables(rows: list[list], infos: list[tuple[str, Selection]], opt: Opti
     kk = _thousands(k)
     measured = ", ".join(f"{ck}: {i.num_samples} samples per seed" for ck, i in infos)
     t1 = Table(f"Time of D-ODE: λ fit and sampling {kk} samples — {opt.dataset} (paper Table 1 analogue)",
-               ["checkpoint", "method", "NFE", "λ fit [s]", f"sampling {kk} [s] (extrapolated)", f"base solver {kk} [s]",
-                "total [s]", "total [min]", f"{metric_label(infos[0][1].metric)}"], rows,
+               ["checkpoint", "method", "NFE", "λ fit [s]", f"sampling {kk} [s] (extrapolated)",
+                f"base solver {kk} [s]", "total [s]", "total [min]", f"{metric_label(infos[0][1].metric)}"], rows,
                f"λ fit: `fit_seconds` of the run (teacher K = {opt.scale} × NFE steps plus one student run, on B = "
                f"{opt.batch} noises). Sampling: **extrapolated linearly** to {k:,} samples from the measured "
                f"generation time (runs.csv `sample_seconds` / `num_samples`, mean ± std over seeds; measured on "

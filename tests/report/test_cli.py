@@ -68,6 +68,7 @@ def test_runner_defaults_and_labels_come_from_the_runner_config():
     assert runner_default("scale", "digits") == 10 and runner_default("fit_seed", "digits") == 0
     assert s4s_teacher() == ("heun", 199)
     assert solver_label("heun") == "EDM" and solver_label("deis3") == "DEIS-3" and solver_label("nope") == "nope"
-    assert method_label("dpmpp2m", "dode") == "D-DPM-Solver++(2M)" and method_label("ddim", "s4s_fd") == "S4S (DDIM, features)"
+    assert method_label("dpmpp2m", "dode") == "D-DPM-Solver++(2M)"
+    assert method_label("ddim", "s4s_fd") == "S4S (DDIM, features)"
     opt = cli.options(cli.parser().parse_args(["--dataset", "lsun_bedroom", "--quiet"]))
     assert (opt.checkpoint, opt.edm_checkpoint, opt.batch, opt.scale) == ("adm-lsun-bedroom256", None, 25, 10)
