@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
 from dode.report.labels import method_label, solver_label
+
+if TYPE_CHECKING:  # pragma: no cover
+    from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -29,7 +32,7 @@ def _plt():
     return plt
 
 
-def save(fig, stem: Path, dpi: int = 100) -> list[Path]:
+def save(fig: "Figure", stem: Path, dpi: int = 100) -> list[Path]:
     """``<stem>.png`` and ``<stem>.pdf`` without time stamps (so reruns give the same bytes)."""
     plt = _plt()
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ class Reference:
 
     @property
     def label(self) -> str:
+        """How the tables name it (:func:`reference_label`)."""
         return reference_label(self.solver, self.nfe)
 
 

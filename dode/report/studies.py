@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,7 +63,7 @@ def cosine_matrix(outputs: torch.Tensor) -> np.ndarray:
     return sim.cpu().numpy()
 
 
-def cosine_data(den, noise: torch.Tensor, steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+def cosine_data(den: Callable, noise: torch.Tensor, steps: int = 1000) -> tuple[np.ndarray, np.ndarray]:
     """(σ of each evaluation, cosine matrix) of a ``steps``-step DDIM run from ``noise``."""
     with torch.no_grad():
         _, calls = trajectory(den, noise, "ddim", steps)
@@ -126,7 +127,8 @@ def _states_at_grid(calls: list, final: torch.Tensor, sigmas: list[float]) -> li
     return out
 
 
-def trajectory_data(den, noise: torch.Tensor, solver: str, nfe: int, correction, steps: int = 1000) -> Trajectories:
+def trajectory_data(den: Callable, noise: torch.Tensor, solver: str, nfe: int, correction: Correction | None,
+                    steps: int = 1000) -> Trajectories:
     """Base and D-ODE trajectories of ``solver`` at ``nfe`` and a DDIM reference of about ``steps``
     steps on the student's grid refined ``steps // N`` times (it passes through every student σ; for the
     time-uniform grid of a T = 1000 model this is the 1000-step DDIM run)."""
@@ -145,7 +147,7 @@ def trajectory_data(den, noise: torch.Tensor, solver: str, nfe: int, correction,
     return Trajectories(sig, ref_sig, ref_x, [ref_at.get(s) for s in sig], runs["base"], runs["dode"], len(fine) - 1)
 
 
-def grid_progress(sig, ref_sig) -> np.ndarray:
+def grid_progress(sig: Sequence[float], ref_sig: Sequence[float]) -> np.ndarray:
     """Position of each σ on the reference grid, 0 (σ_max) … 1 (σ = 0), linear in the grid's index."""
     r = np.asarray(ref_sig, dtype=float)
     idx = np.arange(len(r), dtype=float)
