@@ -41,7 +41,8 @@ class Reference:
 
 
 @artifact("table-learned", "D-ODE next to the learned solvers IIA, S4S and S4S-Alt on one base solver over NFE, "
-          "with fit times, each model's reference solver and the goal of conf/paper.yaml; plus a figure", sweep="runs-learned")
+          "with fit times, each model's reference solver and the goal of conf/paper.yaml; plus a figure",
+          sweep="runs-learned")
 def table_learned(runs: pd.DataFrame, opt: Options) -> list[Path]:
     """Base solver, D-ODE, IIA, S4S and S4S-Alt over NFE on each model, with their fit times and the
     model's reference solver; the best learned method at the goal NFE against the goal ratio × it."""
