@@ -25,29 +25,26 @@ DODE_RUN ?= dode-run
 RESULTS ?= results
 SEEDS ?= 0 1 2
 
-# The paper's checkpoint for each dataset (conf/checkpoint/*.yaml); empty: that half is skipped.
-ifeq ($(DATASET),digits)
-CHECKPOINT ?= digits-ddpm
-EDM_CHECKPOINT ?= digits-edm
-else ifeq ($(DATASET),cifar10)
-CHECKPOINT ?= ddpm-cifar10
-EDM_CHECKPOINT ?= edm-cifar10-32x32-uncond-vp
-else ifeq ($(DATASET),celeba64)
-CHECKPOINT ?= ddpm-celeba64
-else ifeq ($(DATASET),imagenet64)
-CHECKPOINT ?= adm-imagenet64-uncond
-EDM_CHECKPOINT ?= edm-imagenet-64x64-cond-adm
-else ifeq ($(DATASET),imagenet128)
-CHECKPOINT ?= adm-imagenet128-cond
-else ifeq ($(DATASET),lsun_bedroom)
-CHECKPOINT ?= adm-lsun-bedroom256
-else ifeq ($(DATASET),ffhq64)
-EDM_CHECKPOINT ?= edm-ffhq-64x64-uncond-vp
-else ifeq ($(DATASET),afhqv2_64)
-EDM_CHECKPOINT ?= edm-afhqv2-64x64-uncond-vp
+# One source for what the report and these sweeps share: conf/paper.yaml (the paper's checkpoints per
+# dataset, NFE columns, reference solvers, Fig. 6's columns) and the artifact registry of dode.report
+# (the artifacts and the make target of each one's sweeps). `python -m dode.report query make` prints
+# them as PAPER_* assignments (one word each, lists comma-separated), read once here (or given as
+# PAPER_QUERY=… on the command line, as the tests do to save a Python start per make call).
+ifeq ($(origin PAPER_QUERY),undefined)
+PAPER_QUERY := $(shell $(PYTHON) -m dode.report query make --dataset $(DATASET) 2>/dev/null)
 endif
-CHECKPOINT ?=
-EDM_CHECKPOINT ?=
+$(foreach v,$(PAPER_QUERY),$(eval $(v)))
+ifeq ($(PAPER_ARTIFACTS),)
+ifneq ($(filter paper paper-runs table-% fig-% runs-%,$(MAKECMDGOALS)),)
+$(error `$(PYTHON) -m dode.report query make` failed (is dode installed for $(PYTHON)? run it to see why))
+endif
+endif
+comma := ,
+PAPER_ARTIFACT_LIST := $(subst $(comma), ,$(PAPER_ARTIFACTS))
+
+# The paper's checkpoints of DATASET; empty: that half is skipped.
+CHECKPOINT ?= $(PAPER_CHECKPOINT)
+EDM_CHECKPOINT ?= $(PAPER_EDM_CHECKPOINT)
 
 ifeq ($(DATASET),digits)
 # digits: 2,000 samples per seed (FD-digits std over seeds ≈ 2–3 at NFE 10, against a DDIM → D-DDIM
@@ -65,40 +62,37 @@ NFES_EULER ?= 2,3,5,10,25,50,100,250
 NFES_HEUN ?= 3,5,11,25,51,101,251
 LAM_GRID ?= 0.05,0.1,0.2,0.3,0.5
 endif
-NFES_TABLE ?= 10,25,50
+NFES_TABLE ?= $(PAPER_TABLE_NFE)
 # Fig. 6: NFE of the sample grids (Heun spends odd NFE)
-NFES_SAMPLES_EULER ?= 3,5,10
-NFES_SAMPLES_HEUN ?= 3,5,11
-NOISE_SOLVERS ?= ddim,ipndm,dpm3,deis3
+NFES_SAMPLES_EULER ?= $(PAPER_SAMPLES_NFE_DDIM)
+NFES_SAMPLES_HEUN ?= $(PAPER_SAMPLES_NFE_HEUN)
+NOISE_SOLVERS ?= $(PAPER_NOISE_SOLVERS)
 SCALES ?= 5,10,20
 SCALES_K30 ?= 30
 NFES_TABLE_K30 ?= 10,25
 BATCHES ?= 5,10,50,100
 # table-learned: D-ODE and the learned solvers of IIA and S4S on one base solver, and each model's
 # reference solver ("teacher" of the table: SOLVER:NFE; 200 Heun steps spend 399 NFE).
-NFES_LEARNED ?= 3,4,5,6,8,10
-LEARNED_SOLVER ?= ddim
+NFES_LEARNED ?= $(PAPER_LEARNED_NFE)
+LEARNED_SOLVER ?= $(PAPER_LEARNED_SOLVER)
 # S4S with the digits classifier's feature distance (s4s_fd, s4s_alt_fd) only where that network fits
 ifeq ($(DATASET),digits)
 LEARNED ?= dode,iia,s4s,s4s_fd,s4s_alt,s4s_alt_fd
 else
 LEARNED ?= dode,iia,s4s,s4s_alt
 endif
-TEACHER_NOISE ?= ddim:1000
-TEACHER_EDM ?= heun:399
+TEACHER_NOISE ?= $(PAPER_TEACHER_NOISE)
+TEACHER_EDM ?= $(PAPER_TEACHER_EDM)
 LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teacher-noise $(TEACHER_NOISE) \
 	--teacher-edm $(TEACHER_EDM)
 
-comma := ,
 RUN = $(DODE_RUN) -m dataset=$(DATASET) results_dir=$(RESULTS) progress=false $(if $(SAMPLES),num_samples=$(SAMPLES))
 RUN_SEEDS = 'seeds=[$(subst $() ,$(comma),$(strip $(SEEDS)))]'
 REPORT = $(PYTHON) -m dode.report --results $(RESULTS) --dataset $(DATASET) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(EDM_CHECKPOINT),--edm-checkpoint $(EDM_CHECKPOINT))
 
-.PHONY: paper paper-runs fig-fid-nfe table-time table-formulations table-ablation-scale \
-	table-ablation-batch table-lookahead fig-cosine fig-trajectory fig-samples \
-	runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples \
-	table-learned runs-learned
+.PHONY: paper paper-runs $(PAPER_ARTIFACT_LIST) runs-fid-nfe runs-time runs-formulations runs-ablation-scale \
+	runs-ablation-batch runs-lookahead runs-samples runs-learned
 
 # ---------------------------------------------------------------------------------------- sweeps
 # Fig. 3 (noise prediction: DDIM, iPNDM, DPM-Solver-3, DEIS-3) and Fig. 4 (data prediction: DDIM
@@ -161,32 +155,19 @@ ifneq ($(EDM_CHECKPOINT),)
 	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) $(call teacher_args,$(TEACHER_EDM))
 endif
 
-paper-runs: runs-fid-nfe runs-time runs-formulations runs-ablation-scale runs-ablation-batch runs-lookahead runs-samples \
-	runs-learned
+# every sweep an artifact names (the registry's, in its order), but this target itself
+paper-runs: $(filter-out paper-runs,$(subst $(comma), ,$(PAPER_SWEEPS)))
 
 # ---------------------------------------------------------------------------------------- render
-fig-fid-nfe: runs-fid-nfe
-	$(REPORT) fig-fid-nfe
-table-time: runs-time
-	$(REPORT) table-time
-table-formulations: runs-formulations
-	$(REPORT) table-formulations
-table-ablation-scale: runs-ablation-scale
-	$(REPORT) table-ablation-scale
-table-ablation-batch: runs-ablation-batch
-	$(REPORT) table-ablation-batch
-table-lookahead: runs-lookahead
-	$(REPORT) table-lookahead
-table-learned: runs-learned
-	$(REPORT) table-learned $(LEARNED_REPORT)
-# Figs. 2 and 5 are computed directly (dode.trajectory, a 1000-step DDIM run), not from runs.csv.
-fig-cosine:
-	$(REPORT) fig-cosine
-fig-trajectory:
-	$(REPORT) fig-trajectory
-fig-samples: runs-samples
-	$(REPORT) fig-samples --samples-nfe $(NFES_SAMPLES_EULER) --samples-nfe-heun $(NFES_SAMPLES_HEUN)
+# One target per artifact of the registry (`python -m dode.report --help`): its sweeps
+# (PAPER_SWEEP_<artifact>: none for Figs. 2 and 5, computed with the model; all of them for
+# table-runs), then `python -m dode.report <artifact>` with the options below, if any.
+REPORT_ARGS_table-learned = $(LEARNED_REPORT)
+REPORT_ARGS_fig-samples = --samples-nfe $(NFES_SAMPLES_EULER) --samples-nfe-heun $(NFES_SAMPLES_HEUN)
+ifneq ($(PAPER_ARTIFACT_LIST),)
+$(foreach a,$(PAPER_ARTIFACT_LIST),$(eval $(a): $(PAPER_SWEEP_$(a))))
+$(PAPER_ARTIFACT_LIST):
+	$(REPORT) $@ $(REPORT_ARGS_$@)
+endif
 
-paper: fig-fid-nfe table-time table-formulations table-ablation-scale table-ablation-batch table-lookahead \
-	fig-cosine fig-trajectory fig-samples table-learned
-	$(REPORT) table-runs
+paper: $(PAPER_ARTIFACT_LIST)

@@ -1,6 +1,6 @@
 """``python -m dode.report`` is ``dode-report``."""
 import sys
 
-from dode.report.report import main
+from dode.report.cli import main
 
 sys.exit(main())

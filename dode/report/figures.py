@@ -1,24 +1,24 @@
-"""Figures of :mod:`dode.report.report` (PNG + PDF, matplotlib's Agg backend).
+"""The report's figures (PNG + PDF, matplotlib's Agg backend): plotting only.
 
-From runs.csv: metric vs NFE (paper Figs. 3/4), the learned solvers vs NFE (table-learned), the λ
-grid search (Fig. 8b/c), sample grids (Fig. 6).
-Computed with the model through :func:`dode.trajectory`: the cosine similarity of all denoising
-outputs of a 1000-step DDIM run (Fig. 2) and the norm / two pixels of the sample along the
-trajectory of base and D-ODE solvers against 1000-step DDIM (Fig. 5, with a table of distances).
+Metric vs NFE (paper Figs. 3/4), the learned solvers vs NFE (table-learned), the λ grid search
+(Fig. 8b/c), sample grids (Fig. 6), cosine-similarity maps (Fig. 2) and sampling trajectories
+(Fig. 5). The numbers come from the callers: :mod:`dode.report.data` (runs.csv) and
+:mod:`dode.report.studies` (the model runs).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
 
-from dode.runner.points import load_model
+from dode.report.labels import method_label, solver_label
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dode.report.report import Options
+    from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -32,7 +32,7 @@ def _plt():
     return plt
 
 
-def save(fig, stem: Path, dpi: int = 100) -> list[Path]:
+def save(fig: "Figure", stem: Path, dpi: int = 100) -> list[Path]:
     """``<stem>.png`` and ``<stem>.pdf`` without time stamps (so reruns give the same bytes)."""
     plt = _plt()
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +69,6 @@ def _log_y(ax, vals) -> None:
 # ---------------------------------------------------------------------------------------- runs.csv
 def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str, ylabel: str, stem: Path) -> list[Path]:
     """One axis: each solver a colour; base dashed, D-ODE solid; error bars = std over seeds."""
-    from dode.report.report import method_label, solver_label
-
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     vals = long["mean"].astype(float)
@@ -109,17 +107,16 @@ def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str) -> Non
     fig.text(0.01, -0.02, _wrap(caption, 120), fontsize=7, va="top")
 
 
-def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, title: str, caption: str,
-                   ylabel: str, stem: Path) -> list[Path]:
-    """Metric vs NFE of the base solver (dashed), D-ODE, IIA, S4S and S4S-Alt (solid; dash-dotted with
-    the feature distance), bars = std over seeds; the model's reference solver as a horizontal line
-    with its ± std band, and the line at ``GOAL_RATIO``× it (dotted)."""
-    from dode.report.report import GOAL_RATIO, LEARNED_METHODS, method_label
-
+def learned_vs_nfe(curves: pd.DataFrame, solver: str, methods: Sequence[str], reference: tuple | None,
+                   goal_ratio: float, title: str, caption: str, ylabel: str, stem: Path) -> list[Path]:
+    """Metric vs NFE of the base solver (dashed) and each of ``methods`` (solid; dash-dotted with the
+    feature distance; colour by position in ``methods``), bars = std over seeds; the model's reference
+    solver ``(mean, std, label)`` as a horizontal line with its ± std band, and the line at
+    ``goal_ratio``× it (dotted)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     vals = list(curves["mean"].astype(float))
-    for i, m in enumerate(LEARNED_METHODS):
+    for i, m in enumerate(methods):
         g = curves[curves["distill"] == m].sort_values("nfe")
         if g.empty:
             continue
@@ -132,8 +129,8 @@ def learned_vs_nfe(curves: pd.DataFrame, solver: str, reference: tuple | None, t
         ax.axhline(mean, color="0.3", lw=1.2, label=f"reference: {label}")
         if np.isfinite(std):
             ax.axhspan(mean - std, mean + std, color="0.3", alpha=0.15, lw=0)
-        ax.axhline(GOAL_RATIO * mean, color="0.3", lw=1.0, ls=":", label=f"{GOAL_RATIO:g}× reference")
-        vals += [mean, GOAL_RATIO * mean]
+        ax.axhline(goal_ratio * mean, color="0.3", lw=1.0, ls=":", label=f"{goal_ratio:g}× reference")
+        vals += [mean, goal_ratio * mean]
     _log_y(ax, vals)
     _nfe_axes(fig, ax, curves["nfe"], ylabel, title, caption + ". Dashed: base solver; dash-dotted: S4S with the "
               "feature distance; bars: ± std over seeds; grey: reference ± std.")
@@ -177,293 +174,106 @@ def _montage(imgs: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndar
     return out
 
 
-def sample_grids(cells: dict, title: str, stem: Path) -> list[Path]:
-    """``cells[(solver, nfe, distill)]`` = uint8 images; rows solver × {base, D-ODE}, columns NFE."""
-    from dode.report.report import method_label
+def _sample_cell(ax, images: np.ndarray | None, title: str) -> None:
+    """One cell of the sample grid: the images as a montage, or an empty axis."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if images is None:
+        ax.axis("off")
+        return
+    m = _montage(images)
+    ax.imshow(m[..., 0] if m.shape[-1] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
 
-    plt = _plt()
+
+def _sample_layout(cells: dict) -> tuple[list[tuple[str, str]], dict[str, list[int]]]:
+    """The rows (solver, distill) that have images, in the solvers' first order, and each solver's NFE."""
     solvers = list(dict.fromkeys(s for s, _, _ in cells))
     rows = [(s, d) for s in solvers for d in ("none", "dode") if any(k[0] == s and k[2] == d for k in cells)]
-    cols = {s: sorted({n for s2, n, _ in cells if s2 == s}) for s in solvers}
+    return rows, {s: sorted({n for s2, n, _ in cells if s2 == s}) for s in solvers}
+
+
+def sample_grids(cells: dict, title: str, stem: Path) -> list[Path]:
+    """``cells[(solver, nfe, distill)]`` = uint8 images; rows solver × {base, D-ODE}, columns NFE."""
+    plt = _plt()
+    rows, cols = _sample_layout(cells)
     ncol = max(len(v) for v in cols.values())
     fig, axes = plt.subplots(len(rows), ncol, figsize=(2.0 * ncol, 2.1 * len(rows)), squeeze=False)
     for r, (s, d) in enumerate(rows):
         for k in range(ncol):
-            ax = axes[r][k]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if k >= len(cols[s]):
-                ax.axis("off")
-                continue
-            n = cols[s][k]
-            im = cells.get((s, n, d))
-            if im is None:
-                ax.axis("off")
-                continue
-            m = _montage(im)
-            ax.imshow(m[..., 0] if m.shape[-1] == 1 else m, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(f"{method_label(s, d)}, NFE {n}", fontsize=8)
+            n = cols[s][k] if k < len(cols[s]) else None
+            _sample_cell(axes[r][k], cells.get((s, n, d)), f"{method_label(s, d)}, NFE {n}")
     fig.suptitle(_wrap(title, 80), fontsize=10)
     fig.tight_layout()
     return save(fig, stem, dpi=120)
 
 
-# ---------------------------------------------------------------------------------------- computed
-def _device(opt: "Options") -> str:
-    """The device of the computed figures; on CPU also torch's thread count (``opt.threads``: one by
-    default — the digits models are tiny, and on a shared machine extra threads mostly wait)."""
-    import torch
-
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if opt.device == "auto" else opt.device
-    if device == "cpu" and opt.threads:
-        torch.set_num_threads(int(opt.threads))
-    return device
-
-
-def _noise(point: dict, den, block: int, n: int, device: str):
-    """The runner's noises (and class labels) of samples 0..n−1 of seed block ``block``."""
-    from dode.runner import points, seeds as seeding
-
-    shape = points.image_shape(point, den)
-    noise, seeds = seeding.make_noise(block, range(n), shape)
-    seeding.set_labels(den, point, seeds, device)
-    return noise.to(device)
-
-
-def native_outputs(calls: list, prediction: str):
-    """The network's own outputs of every evaluation: ε = (x − D)/σ (noise models) or D (data models)."""
-    import torch
-
-    outs = [((x - d) / s if prediction == "eps" else d) for s, x, d in calls]
-    return torch.stack([o.reshape(o.shape[0], -1).double() for o in outs])  # (steps, batch, dim)
-
-
-def cosine_matrix(outputs) -> np.ndarray:
-    """Mean over the batch of the cosine similarity between the outputs of every pair of evaluations."""
-    import torch
-
-    o = torch.nn.functional.normalize(outputs, dim=-1)  # (S, B, D)
-    sim = torch.einsum("ibd,jbd->ij", o, o) / o.shape[1]
-    return sim.cpu().numpy()
-
-
-def cosine_data(den, noise, steps: int = 1000):
-    """(σ of each evaluation, cosine matrix) of a ``steps``-step DDIM run from ``noise``."""
-    import torch
-
-    from dode.core.denoisers import native_prediction
-    from dode.core.sampling import trajectory
-
-    with torch.no_grad():
-        _, calls = trajectory(den, noise, "ddim", steps)
-    sig = np.array([c[0] for c in calls])
-    return sig, cosine_matrix(native_outputs(calls, native_prediction(den)))
-
-
-def cosine_figure(opt: "Options") -> list[Path]:
-    """Fig. 2: heatmaps for the noise- and the data-prediction model."""
-    from dode.core.denoisers import native_prediction
-
+# ---------------------------------------------------------------------------------- model runs
+def cosine_maps(maps: list[tuple[str, np.ndarray]], title: str, stem: Path) -> list[Path]:
+    """Fig. 2: one heatmap per ``(panel title, cosine matrix)``, x and y the step of the run (shown at
+    most 250 steps per side); colour scale from the matrix's minimum (rounded down to 0.05) to 1."""
     plt = _plt()
-    device = _device(opt)
-    cks = [c for c in (opt.checkpoint, opt.edm_checkpoint) if c]
-    if not cks:
-        opt.say("fig-cosine: no checkpoint; skipped")
-        return []
-    fig, axes = plt.subplots(1, len(cks), figsize=(4.6 * len(cks), 4.3), squeeze=False)
-    rows = []
-    for ax, ck in zip(axes[0], cks):
-        den, point = load_model(opt.dataset, ck, device)
-        noise = _noise(point, den, 0, opt.cosine_batch, device)
-        sig, sim = cosine_data(den, noise, opt.steps)
-        pred = native_prediction(den)
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.3), squeeze=False)
+    for ax, (panel, sim) in zip(axes[0], maps):
         stride = max(1, len(sim) // 250)  # display resolution (keeps the files small)
         im = ax.imshow(sim[::stride, ::stride], cmap="viridis", vmin=math.floor(float(sim.min()) * 20) / 20, vmax=1.0,
                        extent=(0, len(sim), len(sim), 0), interpolation="nearest")
-        ax.set_title(f"{ck}: {'ε (noise)' if pred == 'eps' else 'x0 (data)'} prediction", fontsize=9)
+        ax.set_title(panel, fontsize=9)
         ax.set_xlabel("DDIM step (0 = pure noise)")
         ax.set_ylabel("DDIM step")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        near = min(sim[i, i + 1] for i in range(len(sim) - 1))
-        rows.append((ck, pred, float(near), float(sim.min())))
-    fig.suptitle(_wrap(f"Cosine similarity between all denoising outputs of a {opt.steps}-step DDIM run "
-                       f"({opt.dataset}, mean over {opt.cosine_batch} noises of seed 0) — paper Fig. 2 analogue", 100),
-                 fontsize=10)
+    fig.suptitle(_wrap(title, 100), fontsize=10)
     fig.tight_layout()
-    out = save(fig, opt.figures / f"cosine-{opt.dataset}")
-    lines = [f"### Cosine similarity of denoising outputs, {opt.steps}-step DDIM — {opt.dataset} (paper Fig. 2)", "",
-             f"Mean over {opt.cosine_batch} noises; figure: figures/cosine-{opt.dataset}.png.", "",
-             "| checkpoint | output | min cos(step i, step i+1) over i | min over all pairs |", "|---|---|---:|---:|"]
-    lines += [f"| {ck} | {'ε' if p == 'eps' else 'x0'} | {n:.4f} | {m:.3f} |" for ck, p, n, m in rows]
-    opt.tables.mkdir(parents=True, exist_ok=True)
-    md = opt.tables / f"cosine-{opt.dataset}.md"
-    md.write_text("\n".join(lines) + "\n")
-    opt.say(f"wrote {md}")
-    return out + [md]
+    return save(fig, stem)
 
 
-# ---------------------------------------------------------------------------------------- Fig. 5
-def _lambdas_for(df, opt: "Options", ck: str, solver: str, nfe: int, den, point: dict, device: str):
-    """The D-ODE correction of (checkpoint, solver, NFE): the run folder's lambdas.json when runs.csv has
-    it (K, B and fit seed of the main tables), else fitted here on the runner's fit noises."""
-    from dode.learn.dode import fit_correction
-    from dode.runner.seeds import fit_block
-    from dode.core.path import Correction
+@dataclass
+class Curve:
+    """One run along a trajectory: progress (x), the batch-mean norm and two pixels of sample 0."""
 
-    if df is not None and len(df):
-        d = df[(df["dataset"].astype(str) == opt.dataset) & (df["checkpoint"].astype(str) == ck)
-               & (df["solver"] == solver) & (df["nfe"] == nfe) & (df["distill"] == "dode") & (df["scale"] == opt.scale)
-               & (df["batch"] == opt.batch) & (df["fit_seed"] == opt.fit_seed)]
-        for p in d["run_path"].unique():
-            f = Path(p) / "lambdas.json"
-            if f.is_file():
-                return Correction.load(f), f"{f}"
-    noise = _noise(point, den, fit_block(opt.fit_seed), opt.batch, device)
-    import torch
-
-    with torch.no_grad():
-        corr = fit_correction(den, noise, solver, nfe, opt.scale, "dode")
-    return corr, f"fitted here (K = {opt.scale}, B = {opt.batch}, fit seed {opt.fit_seed}, the runner's fit noises)"
+    label: str
+    x: Sequence[float]
+    norm: list[float]
+    pixels: list[list[float]]
 
 
-def _states_at_grid(calls: list, final, sigmas) -> list:
-    """The solver's state at each σ of its grid: the last model input at that σ (Heun: the corrected
-    state, not its predictor), and the final sample at the last σ."""
-    out = []
-    for s in sigmas[:-1]:
-        xs = [x for sg, x, _ in calls if sg == s]
-        out.append(xs[-1] if xs else None)
-    out.append(final)
-    return out
+@dataclass
+class TrajectoryPanel:
+    """A column of Fig. 5: the reference run, the base solver and its D-ODE variant."""
+
+    title: str
+    ref: Curve
+    base: Curve
+    dode: Curve
 
 
-def trajectory_data(den, noise, solver: str, nfe: int, correction, steps: int = 1000) -> dict:
-    """Base and D-ODE trajectories of ``solver`` at ``nfe`` and a DDIM reference of about ``steps``
-    steps on the student's grid refined ``steps // N`` times (it passes through every student σ; for the
-    time-uniform grid of a T = 1000 model this is the 1000-step DDIM run)."""
-    import torch
-
-    from dode.core.sampling import solver_grid, trajectory
-    from dode.core.schedules import refine
-
-    spec, sigmas, plan = solver_grid(den, solver, nfe)
-    factor = max(1, steps // (len(sigmas) - 1))
-    fine = refine(sigmas, factor, den)
-    with torch.no_grad():
-        ref_final, ref_calls = trajectory(den, noise, "ddim", len(fine) - 1, grid=fine)
-        runs = {}
-        for name, lam in (("base", None), ("dode", correction)):
-            final, calls = trajectory(den, noise, solver, nfe, lambdas=lam)
-            runs[name] = _states_at_grid(calls, final, sigmas.tolist())
-    ref_sig = [c[0] for c in ref_calls] + [float(fine[-1])]
-    ref_x = [c[1] for c in ref_calls] + [ref_final]
-    ref_at = {s: x for s, x in zip(ref_sig, ref_x)}
-    sig = sigmas.tolist()
-    return {"sigmas": sig, "ref_sigmas": ref_sig, "ref": ref_x, "ref_at_grid": [ref_at.get(s) for s in sig],
-            "base": runs["base"], "dode": runs["dode"], "ref_steps": len(fine) - 1}
+TRAJECTORY_STYLES = {"ref": dict(color="k", lw=1.0), "base": dict(color=COLORS[1], ls="--", marker="o", ms=3),
+                     "dode": dict(color=COLORS[0], ls="-", marker="s", ms=3)}
 
 
-def _progress(sig, ref_sig) -> np.ndarray:
-    """Position of each σ on the reference grid, 0 (σ_max) … 1 (σ = 0), linear in the grid's index."""
-    r = np.asarray(ref_sig, dtype=float)
-    idx = np.arange(len(r), dtype=float)
-    out = []
-    for s in sig:
-        j = np.where(np.isclose(r, s, rtol=1e-9, atol=0))[0]
-        out.append(idx[j[-1]] if len(j) else np.interp(-s, -r, idx))
-    return np.asarray(out) / (len(r) - 1)
+def _trajectory_column(axes, k: int, panel: TrajectoryPanel) -> None:
+    for name in ("ref", "base", "dode"):
+        curve, style = getattr(panel, name), TRAJECTORY_STYLES[name]
+        axes[0][k].plot(curve.x, curve.norm, label=curve.label, **style)
+        for r, values in enumerate(curve.pixels):
+            axes[r + 1][k].plot(curve.x, values, **style)
+    axes[0][k].set_title(panel.title, fontsize=9)
+    axes[0][k].legend(fontsize=7)
+    for r in range(3):
+        axes[r][k].grid(alpha=0.3)
+    axes[2][k].set_xlabel("sampling progress (reference grid)")
 
 
-def _vp(x, s: float):
-    return x.double() / math.sqrt(1.0 + s * s)
-
-
-def trajectory_figure(opt: "Options", df=None) -> list[Path]:
-    """Fig. 5 per checkpoint: columns = solvers; rows = norm of the sample, pixel A, pixel B (VP scale)."""
-    import torch
-
-    from dode.core.solvers import get_solver
-
+def trajectories(panels: list[TrajectoryPanel | None], pixels: list[int], title: str, stem: Path) -> list[Path]:
+    """Fig. 5: a column per panel (None: left empty); rows the norm of the sample and ``pixels``."""
     plt = _plt()
-    device = _device(opt)
-    plans = []
-    if opt.checkpoint:
-        plans.append((opt.checkpoint, ["ddim", "ipndm", "dpm3", "deis3"]))
-    if opt.edm_checkpoint:
-        plans.append((opt.edm_checkpoint, ["ddim", "heun"]))
-    out, table = [], []
-    for ck, solvers in plans:
-        den, point = load_model(opt.dataset, ck, device)
-        noise = _noise(point, den, 0, opt.trajectory_batch, device)
-        d = int(np.prod(noise.shape[1:]))
-        g = torch.Generator().manual_seed(0)
-        pixels = torch.randperm(d, generator=g)[:2].tolist()
-        fig, axes = plt.subplots(3, len(solvers), figsize=(3.3 * len(solvers), 7.6), squeeze=False)
-        for k, s in enumerate(solvers):
-            nfe = opt.trajectory_nfe
-            if s == "heun" and nfe % 2 == 0:
-                nfe -= 1
-            try:
-                get_solver(s).plan(nfe, True)
-            except ValueError:
-                continue
-            corr, source = _lambdas_for(df, opt, ck, s, nfe, den, point, device)
-            t = trajectory_data(den, noise, s, nfe, corr, opt.steps)
-            u_ref = _progress(t["ref_sigmas"], t["ref_sigmas"])
-            u = _progress(t["sigmas"], t["ref_sigmas"])
-            ref_vp = [_vp(x, sg) for x, sg in zip(t["ref"], t["ref_sigmas"])]
-            series = {"ref": ref_vp}
-            for name in ("base", "dode"):
-                series[name] = [_vp(x, sg) for x, sg in zip(t[name], t["sigmas"])]
-            from dode.report.report import method_label
-
-            labels = {"ref": f"DDIM {t['ref_steps']} steps", "base": f"{method_label(s, 'none')} {nfe}",
-                      "dode": f"{method_label(s, 'dode')} {nfe}"}
-            styles = {"ref": dict(color="k", lw=1.0), "base": dict(color=COLORS[1], ls="--", marker="o", ms=3),
-                      "dode": dict(color=COLORS[0], ls="-", marker="s", ms=3)}
-            for name in ("ref", "base", "dode"):
-                xs = u_ref if name == "ref" else u
-                norm = [float(v.flatten(1).norm(dim=1).mean()) for v in series[name]]
-                axes[0][k].plot(xs, norm, label=labels[name], **styles[name])
-                for r, p in enumerate(pixels):
-                    axes[r + 1][k].plot(xs, [float(v.flatten(1)[0, p]) for v in series[name]], **styles[name])
-            axes[0][k].set_title(f"{method_label(s, 'none')} vs {method_label(s, 'dode')}, NFE {nfe}", fontsize=9)
-            axes[0][k].legend(fontsize=7)
-            for r in range(3):
-                axes[r][k].grid(alpha=0.3)
-            axes[2][k].set_xlabel("sampling progress (reference grid)")
-            # distances to the reference at the student's grid points
-            dist = {}
-            for name in ("base", "dode"):
-                per = [float((_vp(x, sg) - _vp(rx, sg)).flatten(1).norm(dim=1).mean() / math.sqrt(d))
-                       for x, rx, sg in zip(t[name], t["ref_at_grid"], t["sigmas"]) if rx is not None and x is not None]
-                dist[name] = (float(np.mean(per[1:])) if len(per) > 1 else float("nan"), per[-1])
-            table.append({"checkpoint": ck, "solver": s, "nfe": nfe, "ref_steps": t["ref_steps"],
-                          "rmse_path_base": dist["base"][0], "rmse_path_dode": dist["dode"][0],
-                          "rmse_final_base": dist["base"][1], "rmse_final_dode": dist["dode"][1],
-                          "lambdas": source})
-        axes[0][0].set_ylabel("‖x‖ (VP scale), batch mean")
-        axes[1][0].set_ylabel(f"pixel {pixels[0]} of sample 0")
-        axes[2][0].set_ylabel(f"pixel {pixels[1]} of sample 0")
-        fig.suptitle(_wrap(f"Sampling trajectories — {opt.dataset} · {ck}: the norm of the sample (mean over "
-                           f"{opt.trajectory_batch} noises of seed 0) and two pixels of sample 0, base (dashed) and "
-                           f"D-ODE (solid) against DDIM with {opt.steps} steps — paper Fig. 5 analogue", 110), fontsize=10)
-        fig.tight_layout()
-        out += save(fig, opt.figures / f"trajectory-{opt.dataset}-{ck}")
-    if table:
-        from dode.report.report import Table, method_label, write_tables
-
-        tdf = pd.DataFrame(table)
-        rows = [[r.checkpoint, f"{method_label(r.solver, 'none')} / {method_label(r.solver, 'dode')}", r.nfe,
-                 f"{r.rmse_path_base:.4f}", f"{r.rmse_path_dode:.4f}", f"{r.rmse_final_base:.4f}",
-                 f"{r.rmse_final_dode:.4f}"] for r in tdf.itertuples()]
-        t = Table(f"Distance to the {opt.steps}-step DDIM trajectory — {opt.dataset} (paper Fig. 5, quantified)",
-                  ["checkpoint", "solver", "NFE", "path RMSE base", "path RMSE D-ODE", "final RMSE base",
-                   "final RMSE D-ODE"], rows,
-                  f"Per-pixel RMSE (VP scale, images in [−1, 1]) between the solver's state and the DDIM reference "
-                  f"at the same σ, mean over {opt.trajectory_batch} noises of seed 0: 'path' averages the student's "
-                  f"grid points after the start, 'final' is the sample. Reference: DDIM on the student's grid refined "
-                  f"{opt.steps}/N times (it passes through every student σ). λ: the run folder's lambdas.json when "
-                  f"present, else fitted on the runner's fit noises (column `lambdas` of the CSV).")
-        out += write_tables(opt, f"trajectory-{opt.dataset}", [t], tdf)
-    return out
+    fig, axes = plt.subplots(3, len(panels), figsize=(3.3 * len(panels), 7.6), squeeze=False)
+    for k, panel in enumerate(panels):
+        if panel is not None:
+            _trajectory_column(axes, k, panel)
+    axes[0][0].set_ylabel("‖x‖ (VP scale), batch mean")
+    axes[1][0].set_ylabel(f"pixel {pixels[0]} of sample 0")
+    axes[2][0].set_ylabel(f"pixel {pixels[1]} of sample 0")
+    fig.suptitle(_wrap(title, 110), fontsize=10)
+    fig.tight_layout()
+    return save(fig, stem)

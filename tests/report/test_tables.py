@@ -1,29 +1,23 @@
-"""dode.report.report: tables and figures from a small synthetic runs.csv, and the paper make targets.
-
-Fast: the synthetic runs.csv has known values, so every cell of every table is checked exactly; the
-computed figures run on an analytic Gaussian-mixture model with a short DDIM run; the make targets
-are expanded with `make -n` and every dode-run command they print is composed with Hydra's compose
-API on the repository's conf/ (sweeps split as Hydra's basic sweeper does) and turned into the
-runner's points, which checks names, NFE, seeds, sizes and — on digits — K·N ≤ T with the model.
-"""
+"""dode.report's tables and figures from runs.csv: a small synthetic runs.csv with known values, so
+every cell of every table is checked exactly."""
 from __future__ import annotations
 
 import json
 import math
-import shlex
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dode.report import report
-from dode.runner.points import points_from_overrides
+from dode.report import cli
+from dode.report.data import load_runs, read_samples, stats
+from dode.report.labels import method_label
+from dode.report.nfe import QUOTED_COSTS, QUOTED_SAMPLING
+from dode.report.options import Options
+from dode.report.render import render
+from dode.report.tables import NOT_GIVEN, fmt_pm
 
-REPO = Path(__file__).resolve().parents[2]
-MK = REPO / "mk" / "paper.mk"
 PAPER = sorted(Path("/work/shared/papers").glob("000_*.txt"))
 
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples", "metric",
@@ -120,8 +114,8 @@ def results(tmp_path_factory) -> Path:
     return make_results(tmp_path_factory.mktemp("results"))
 
 
-def options(results: Path, **kw) -> report.Options:
-    return report.Options(results=results, dataset="digits", quiet=True, **kw)
+def options(results: Path, **kw) -> Options:
+    return Options(results=results, dataset="digits", quiet=True, **kw)
 
 
 def md_rows(path: Path, title_contains: str = "") -> dict:
@@ -161,18 +155,18 @@ def pm(mean, std):
 
 # ------------------------------------------------------------------------------------------ helpers
 def test_fmt_and_stats():
-    assert report.fmt_pm(*report.stats([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
-    assert report.fmt_pm(*report.stats([4.0])) == "4.00"
-    assert report.fmt_pm(*report.stats([])) == "—"
-    assert report.fmt_pm(*report.stats([1.0, float("nan"), 3.0])) == pm(2.0, math.sqrt(2))
-    assert report.method_label("ddim", "dode_sep") == "D-DDIM-Sep"
-    assert report.method_label("heun", "dode") == "D-EDM"
-    assert report.method_label("ddim", "lookahead") == "LA-DDIM"
-    assert report.method_label("ddim", "fixed") == "Fixed-D-DDIM"
+    assert fmt_pm(*stats([1.0, 2.0, 3.0])) == "2.00 ± 1.00"
+    assert fmt_pm(*stats([4.0])) == "4.00"
+    assert fmt_pm(*stats([])) == "—"
+    assert fmt_pm(*stats([1.0, float("nan"), 3.0])) == pm(2.0, math.sqrt(2))
+    assert method_label("ddim", "dode_sep") == "D-DDIM-Sep"
+    assert method_label("heun", "dode") == "D-EDM"
+    assert method_label("ddim", "lookahead") == "LA-DDIM"
+    assert method_label("ddim", "fixed") == "Fixed-D-DDIM"
 
 
 def test_load_runs_reads_lambda_of_fixed_runs(results):
-    df = report.load_runs(results)
+    df = load_runs(results)
     fixed = df[df["distill"] == "fixed"]
     assert sorted(fixed["lam"].unique()) == [0.25, 0.5, 1.0]
     assert df[df["distill"] == "dode"]["lam"].isna().all()
@@ -181,7 +175,7 @@ def test_load_runs_reads_lambda_of_fixed_runs(results):
 # ------------------------------------------------------------------------------------------- tables
 def test_table_formulations(results):
     opt = options(results)
-    files = report.render(["table-formulations"], opt)
+    files = render(["table-formulations"], opt)
     md = opt.tables / "formulations-digits-digits-ddpm.md"
     assert md in files and (opt.tables / "formulations-digits-digits-ddpm.csv") in files
     rows = md_rows(md, "Formulations")
@@ -205,7 +199,7 @@ def test_table_formulations(results):
 
 def test_table_ablation_scale_pairs_fit_seeds_and_marks_capped_k(results):
     opt = options(results)
-    report.render(["table-ablation-scale"], opt)
+    render(["table-ablation-scale"], opt)
     rows = md_rows(opt.tables / "ablation-scale-digits-digits-ddpm.md", "Ablation")
     assert rows["__header__"] == ["NFE", "10", "25", "50"]
     assert list(rows)[1:] == ["K = 5", "K = 10", "K = 20", "K = 30", "DDIM (no λ)"]
@@ -226,7 +220,7 @@ def test_table_ablation_scale_pairs_fit_seeds_and_marks_capped_k(results):
 
 def test_table_ablation_batch(results):
     opt = options(results)
-    report.render(["table-ablation-batch"], opt)
+    render(["table-ablation-batch"], opt)
     rows = md_rows(opt.tables / "ablation-batch-digits-digits-ddpm.md", "Ablation")
     assert list(rows)[1:] == ["B = 5", "B = 50", "B = 100", "DDIM (no λ)"]
     for b in (5, 50, 100):
@@ -236,7 +230,7 @@ def test_table_ablation_batch(results):
 
 def test_table_lookahead_picks_best_lambda_and_shows_grid(results):
     opt = options(results)
-    files = report.render(["table-lookahead"], opt)
+    files = render(["table-lookahead"], opt)
     md = opt.tables / "lookahead-digits-digits-ddpm.md"
     rows = md_rows(md, "Fixed-D-DDIM and LA-DDIM")
     assert list(rows)[1:] == ["DDIM", "D-DDIM", "Fixed-D-DDIM", "LA-DDIM"]
@@ -252,10 +246,10 @@ def test_table_lookahead_picks_best_lambda_and_shows_grid(results):
 
 def test_table_time_extrapolates_to_50k(results):
     opt = options(results)
-    report.render(["table-time"], opt)
+    render(["table-time"], opt)
     md = opt.tables / "time-digits.md"
     text = md.read_text()
-    assert "extrapolated linearly" in text and report.NOT_GIVEN in text
+    assert "extrapolated linearly" in text and NOT_GIVEN in text
     rows = md_rows(md, "Time of D-ODE")
     assert rows["__header__"][:4] == ["checkpoint", "method", "NFE", "λ fit [s]"]
     csv = pd.read_csv(opt.tables / "time-digits.csv")
@@ -273,17 +267,17 @@ def test_table_time_extrapolates_to_50k(results):
 @pytest.mark.skipif(not PAPER, reason="the paper text is not in /work/shared/papers")
 def test_quotes_are_in_the_paper_text():
     text = PAPER[0].read_text()
-    for _, _, _, said in report.QUOTED_COSTS:
+    for _, _, _, said in QUOTED_COSTS:
         for q in said.split('"')[1::2]:
             assert q in text, q
-    for q in report.QUOTED_SAMPLING.split('"')[1::2]:
+    for q in QUOTED_SAMPLING.split('"')[1::2]:
         assert q in text
 
 
 # ------------------------------------------------------------------------------------------ figures
 def test_fig_fid_nfe_and_its_table(results):
     opt = options(results)
-    files = report.render(["fig-fid-nfe"], opt)
+    files = render(["fig-fid-nfe"], opt)
     for ck in ("digits-ddpm", "digits-edm"):
         for ext in ("png", "pdf"):
             f = opt.figures / f"fid-nfe-digits-{ck}.{ext}"
@@ -301,7 +295,7 @@ def test_fig_fid_nfe_and_its_table(results):
 
 def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
     opt = options(results)
-    files = report.render(["table-learned"], opt)
+    files = render(["table-learned"], opt)
     for ck, ref, verdict in (("digits-ddpm", 5.0, "not met"), ("digits-edm", 10.0, "met")):
         md = opt.tables / f"learned-digits-{ck}.md"
         png = opt.figures / f"learned-digits-{ck}.png"
@@ -341,20 +335,20 @@ def test_cells_repeated_by_an_older_run_folder_use_the_newest(tmp_path, capsys):
         os.utime(folder / "run.json", (t, t))
     rows["run_dir"], rows["value"] = str(new), rows["value"] + 100.0
     pd.concat([runs, rows]).to_csv(root / "runs.csv", index=False)
-    opt = report.Options(results=root, dataset="digits", nfe=(5,))
-    report.render(["table-learned"], opt)
+    opt = Options(results=root, dataset="digits", nfe=(5,))
+    render(["table-learned"], opt)
     cell = md_rows(opt.tables / "learned-digits-digits-ddpm.md", "Learned")["S4S (DDIM)"]
     assert cell == [pm(np.mean([value_of("ddim", "s4s", 5, s) for s in (0, 1, 2)]) + 100.0, 1.0)]
     assert f"using the newest, ignoring: {old.name}" in capsys.readouterr().out
-    assert len(pd.read_csv(report.render(["table-runs"], opt)[0])) == len(runs) + 3  # table-runs keeps all
+    assert len(pd.read_csv(render(["table-runs"], opt)[0])) == len(runs) + 3  # table-runs keeps all
 
 
 def test_table_learned_needs_valid_teachers(results, capsys):
     with pytest.raises(SystemExit):
-        report.parser().parse_args(["table-learned", "--teacher-edm", "heun"])
+        cli.parser().parse_args(["table-learned", "--teacher-edm", "heun"])
     assert "expected SOLVER:NFE" in capsys.readouterr().err
     opt = options(results, teachers={"noise": ("ddim", 999), "edm": ("heun", 399)}, nfe=(5,))
-    report.render(["table-learned"], opt)
+    render(["table-learned"], opt)
     text = (opt.tables / "learned-digits-digits-ddpm.md").read_text()
     assert "reference:" not in text and "not measured" in text  # no run of that reference: said so, not guessed
     assert md_rows(opt.tables / "learned-digits-digits-ddpm.md", "Learned")["__header__"] == ["NFE", "5"]
@@ -363,181 +357,17 @@ def test_table_learned_needs_valid_teachers(results, capsys):
 def test_fig_samples_reads_shards(results):
     opt = options(results)
     opt.samples_nfe = {"heun": (3, 5, 11)}
-    files = report.render(["fig-samples"], opt)
+    files = render(["fig-samples"], opt)
     png = opt.figures / "samples-digits-digits-edm.png"
     assert png in files and png.stat().st_size > 1000
-    imgs = report.read_samples(Path(report.load_runs(results).query("checkpoint == 'digits-edm'")["run_path"].iloc[0]),
+    imgs = read_samples(Path(load_runs(results).query("checkpoint == 'digits-edm'")["run_path"].iloc[0]),
                                0, 16)
     assert imgs.shape == (16, 8, 8, 1) and imgs.dtype == np.uint8
 
 
 def test_table_runs_keeps_every_seed(results):
     opt = options(results)
-    (path,) = report.render(["table-runs"], opt)
+    (path,) = render(["table-runs"], opt)
     rows = pd.read_csv(path)
     assert len(rows) == len(pd.read_csv(results / "runs.csv")) and "run_path" not in rows
     assert sorted(rows[rows["distill"] == "lookahead"]["lam"].unique()) == [0.25, 0.5, 1.0]
-
-
-def test_missing_runs_csv_is_a_clear_error(tmp_path, capsys):
-    assert report.main(["table-formulations", "--results", str(tmp_path)]) == 2
-    assert "runs.csv not found" in capsys.readouterr().err
-    assert report.main(["no-such-table", "--results", str(tmp_path)]) == 2
-
-
-def _mixture():
-    import torch
-
-    from dode.core.oracle import GaussianMixture
-
-    g = torch.Generator().manual_seed(0)
-    return GaussianMixture(torch.randn(3, 1, 4, 4, generator=g, dtype=torch.float64) * 0.5, stds=[0.2] * 3)
-
-
-def test_cosine_matrix_on_an_analytic_model():
-    import torch
-
-    from dode.report.figures import cosine_data
-
-    model = _mixture()
-    noise = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    sig, sim = cosine_data(model, noise, steps=40)
-    assert sim.shape == (40, 40) and len(sig) == 40
-    assert np.allclose(np.diag(sim), 1.0) and np.allclose(sim, sim.T)
-    assert np.mean([sim[i, i + 1] for i in range(39)]) > 0.9  # neighbouring outputs are highly correlated
-
-
-def test_trajectory_data_reference_passes_through_student_grid():
-    import torch
-
-    from dode import fit_correction
-    from dode.report.figures import _progress, trajectory_data
-
-    model = _mixture()
-    noise = torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    fit = torch.randn(32, 1, 4, 4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    corr = fit_correction(model, fit, "ddim", 5, 10, "dode")
-    t = trajectory_data(model, noise, "ddim", 5, corr, steps=100)
-    assert t["ref_steps"] == 100 and all(x is not None for x in t["ref_at_grid"])
-    assert len(t["base"]) == len(t["dode"]) == len(t["sigmas"]) == 6
-    u = _progress(t["sigmas"], t["ref_sigmas"])
-    assert u[0] == 0 and u[-1] == 1 and np.all(np.diff(u) > 0)
-
-    def err(name):
-        return float((t[name][-1] - t["ref"][-1]).pow(2).mean().sqrt())
-
-    assert err("dode") < err("base")  # fitted λ pulls the final sample towards the fine trajectory
-
-
-# ------------------------------------------------------------------------------------- make targets
-TARGETS = ["fig-fid-nfe", "table-time", "table-formulations", "table-ablation-scale", "table-ablation-batch",
-           "table-lookahead", "table-learned", "fig-cosine", "fig-trajectory", "fig-samples", "paper"]
-
-
-def make_commands(target: str, *args: str) -> list[list[str]]:
-    out = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(MK), target, *args], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
-    cmds = []
-    for line in out.splitlines():
-        tokens = shlex.split(line)
-        cmd: list[str] = []
-        for tok in tokens + ["&&"]:
-            if tok in ("&&", ";"):
-                if cmd and cmd != ["true"]:
-                    cmds.append(cmd)
-                cmd = []
-            else:
-                cmd.append(tok)
-    return cmds
-
-
-def compose_jobs(cmd: list[str]) -> list[list[str]]:
-    """A `dode-run -m ...` command → the override lists of its Hydra jobs (basic sweeper's split)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    assert Path(cmd[0]).name == "dode-run", cmd
-    args = [a for a in cmd[1:] if a not in ("-m", "--multirun")]
-    assert all("=" in a for a in args), args
-    parsed = OverridesParser.create().parse_overrides(args)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
-_COMPOSED: dict = {}
-
-
-def _points(overrides: list[str], with_files: bool):
-    """The runner's points of one job (cached: `make paper` repeats the jobs of every target)."""
-    key = (tuple(overrides), with_files)
-    if key not in _COMPOSED:
-        _COMPOSED[key] = points_from_overrides(overrides, with_files)
-    return _COMPOSED[key]
-
-
-_MODELS: dict = {}
-needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-
-
-@needs_make
-@pytest.mark.parametrize("target", TARGETS)
-def test_make_target_expands_to_valid_dode_run_commands_on_digits(target):
-    import torch
-
-    from dode.runner import experiment
-
-    cmds = make_commands(target)
-    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
-    renders = [c for c in cmds if c[:3] == ["python", "-m", "dode.report"]]
-    assert renders, cmds
-    assert all(Path(c[0]).name in ("dode-run", "python") for c in cmds), cmds
-    for c in renders:
-        a = report.parser().parse_args(c[3:])
-        assert all(w in report.ARTIFACTS for w in a.what) and a.dataset == "digits"
-    if target not in ("fig-cosine", "fig-trajectory"):
-        assert runs, f"{target} runs no sweep"
-    for cmd in runs:
-        assert "progress=false" in cmd and "num_samples=2000" in cmd  # digits: the small documented sweep
-        for job in compose_jobs(cmd):
-            points = _points(job, with_files=True)
-            assert points
-            for p in points:  # K·N ≤ T and the grid, with the (small) embedded model
-                ck = p["choices"]["checkpoint"]
-                if ck not in _MODELS:
-                    _MODELS[ck] = experiment.load_denoiser(p, "cpu")
-                with torch.no_grad():
-                    experiment.check_with_model(p, _MODELS[ck])
-
-
-@needs_make
-@pytest.mark.parametrize("target", ["fig-fid-nfe", "table-formulations", "table-ablation-scale", "table-lookahead",
-                                    "fig-samples"])
-def test_make_target_uses_paper_settings_on_a_real_checkpoint(target):
-    cmds = make_commands(target, "DATASET=cifar10")
-    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
-    assert runs
-    for cmd in runs:
-        assert "dataset=cifar10" in cmd and not any(a.startswith("num_samples=") for a in cmd)
-        for job in compose_jobs(cmd):
-            for p in _points(job, with_files=False):
-                assert p["num_samples"] == 50000 and p["eval"]["name"] == "fid50k"
-                assert p["choices"]["checkpoint"] in ("ddpm-cifar10", "edm-cifar10-32x32-uncond-vp")
-                if p["distill"].get("kind") == "dode" and target != "table-ablation-scale":
-                    assert p["scale"] == 10 and p["batch"] == 100
-                if p["choices"]["checkpoint"] == "ddpm-cifar10":  # K·N ≤ T = 1000 for the discrete model
-                    assert p["scale"] * p["nfe"] <= 1000
-
-
-@needs_make
-def test_fig_samples_falls_back_to_the_noise_model():
-    cmds = make_commands("fig-samples", "DATASET=celeba64")
-    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
-    assert len(runs) == 1 and "checkpoint=ddpm-celeba64" in runs[0] and "solver=ddim" in runs[0]
-    for job in compose_jobs(runs[0]):
-        assert _points(job, with_files=False)
-
-
-@needs_make
-def test_make_checkpoint_override_reaches_every_command():
-    cmds = make_commands("table-formulations", "DATASET=cifar10", "CHECKPOINT=diffusers-ddpm-cifar10-32")
-    assert any("checkpoint=diffusers-ddpm-cifar10-32" in c for c in cmds)
-    assert any("--checkpoint" in c and "diffusers-ddpm-cifar10-32" in c for c in cmds)

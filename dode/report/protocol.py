@@ -1,0 +1,103 @@
+"""The settings the report shares with the sweeps and the runner, each read from its one place.
+
+``conf/paper.yaml``: the paper's checkpoints per dataset and the protocol of the tables (NFE columns,
+reference solvers, the 50K extrapolation, Fig. 6's columns) — mk/paper.mk reads the same file through
+``python -m dode.report query make``. From dode-run's own config: the default K, B (a dataset's
+``fit_batch``) and fit seed (``conf/config.yaml``), S4S's teacher (``conf/distill/s4s.yaml``) and a
+checkpoint's schedule (``conf/checkpoint``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from dode.runner.config import config_dir, group_option
+
+SolverNFE = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Models:
+    """A dataset's checkpoints: noise prediction (Fig. 3, Tables 2–4), data prediction (Fig. 4, Table 1)."""
+
+    noise: str | None = None
+    edm: str | None = None
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """``conf/paper.yaml`` (see its comments)."""
+
+    checkpoints: dict[str, Models]
+    noise_solvers: tuple[str, ...]
+    edm_solvers: tuple[str, ...]
+    table_nfe: tuple[int, ...]
+    time_samples: int
+    samples_nfe: dict[str, tuple[int, ...]]
+    learned_solver: str
+    learned_nfe: tuple[int, ...]
+    teachers: dict[str, SolverNFE]   # model role ("noise", "edm") → reference solver
+    goal_nfe: int
+    goal_ratio: float
+
+    def models(self, dataset: str) -> Models:
+        """The paper's checkpoints of ``dataset`` (none for an unknown one)."""
+        return self.checkpoints.get(dataset, Models())
+
+
+def parse_solver_nfe(text: str) -> SolverNFE:
+    """``"heun:399"`` → ``("heun", 399)``; ValueError unless SOLVER:NFE."""
+    solver, sep, nfe = str(text).partition(":")
+    if not sep or not solver or not nfe.isdigit():
+        raise ValueError(f"expected SOLVER:NFE (e.g. heun:399), got {text!r}")
+    return solver, int(nfe)
+
+
+def _ints(values) -> tuple[int, ...]:
+    return tuple(int(v) for v in values)
+
+
+@lru_cache(maxsize=None)
+def protocol() -> Protocol:
+    """``conf/paper.yaml`` as a :class:`Protocol` (read once)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(OmegaConf.load(config_dir() / "paper.yaml"), resolve=True)
+    learned = c["learned"]
+    return Protocol(
+        checkpoints={d: Models(m.get("noise"), m.get("edm")) for d, m in c["checkpoints"].items()},
+        noise_solvers=tuple(c["noise_solvers"]), edm_solvers=tuple(c["edm_solvers"]),
+        table_nfe=_ints(c["table_nfe"]), time_samples=int(c["time_samples"]),
+        samples_nfe={s: _ints(v) for s, v in c["samples_nfe"].items()},
+        learned_solver=str(learned["solver"]), learned_nfe=_ints(learned["nfe"]),
+        teachers={role: parse_solver_nfe(v) for role, v in learned["teachers"].items()},
+        goal_nfe=int(learned["goal_nfe"]), goal_ratio=float(learned["goal_ratio"]))
+
+
+@lru_cache(maxsize=None)
+def runner_default(key: str, dataset: str) -> Any:
+    """dode-run's default of a top-level key of ``conf/config.yaml`` for ``dataset`` (e.g. ``batch``:
+    the dataset's ``fit_batch``, else 100)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(config_dir() / "config.yaml")
+    cfg.dataset = group_option("dataset", dataset)
+    return cfg[key]
+
+
+def s4s_teacher() -> SolverNFE:
+    """S4S's teacher solver and its NFE (``conf/distill/s4s.yaml``)."""
+    s4s = group_option("distill", "s4s")
+    return str(s4s["teacher"]), int(s4s["teacher_nfe"])
+
+
+def checkpoint_config(name: str) -> dict:
+    """``conf/checkpoint/<name>.yaml`` as a dict ({} when unknown)."""
+    return group_option("checkpoint", name)
+
+
+def timesteps_of(checkpoint: str) -> int | None:
+    """T of a discrete-time checkpoint (K·N ≤ T for its teacher), else None."""
+    sched = checkpoint_config(checkpoint).get("schedule") or {}
+    return int(sched["T"]) if isinstance(sched, dict) and sched.get("T") else None
