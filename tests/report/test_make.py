@@ -83,7 +83,7 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 def test_make_target_expands_to_valid_dode_run_commands_on_digits(target):
     import torch
 
-    from dode.runner import experiment
+    from dode.runner.points import check_with_model, load_denoiser
 
     cmds = make_commands(target)
     runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
@@ -101,11 +101,11 @@ def test_make_target_expands_to_valid_dode_run_commands_on_digits(target):
             points = _points(job, with_files=True)
             assert points
             for p in points:  # K·N ≤ T and the grid, with the (small) embedded model
-                ck = p["choices"]["checkpoint"]
+                ck = p.choices.checkpoint
                 if ck not in _MODELS:
-                    _MODELS[ck] = experiment.load_denoiser(p, "cpu")
+                    _MODELS[ck] = load_denoiser(p, "cpu")
                 with torch.no_grad():
-                    experiment.check_with_model(p, _MODELS[ck])
+                    check_with_model(p, _MODELS[ck])
 
 
 @needs_make
@@ -119,12 +119,12 @@ def test_make_target_uses_paper_settings_on_a_real_checkpoint(target):
         assert "dataset=cifar10" in cmd and not any(a.startswith("num_samples=") for a in cmd)
         for job in compose_jobs(cmd):
             for p in _points(job, with_files=False):
-                assert p["num_samples"] == 50000 and p["eval"]["name"] == "fid50k"
-                assert p["choices"]["checkpoint"] in ("ddpm-cifar10", "edm-cifar10-32x32-uncond-vp")
-                if p["distill"].get("kind") == "dode" and target != "table-ablation-scale":
-                    assert p["scale"] == 10 and p["batch"] == 100
-                if p["choices"]["checkpoint"] == "ddpm-cifar10":  # K·N ≤ T = 1000 for the discrete model
-                    assert p["scale"] * p["nfe"] <= 1000
+                assert p.num_samples == 50000 and p.eval["name"] == "fid50k"
+                assert p.choices.checkpoint in ("ddpm-cifar10", "edm-cifar10-32x32-uncond-vp")
+                if p.distill.get("kind") == "dode" and target != "table-ablation-scale":
+                    assert p.scale == 10 and p.batch == 100
+                if p.choices.checkpoint == "ddpm-cifar10":  # K·N ≤ T = 1000 for the discrete model
+                    assert p.scale * p.nfe <= 1000
 
 
 @needs_make
