@@ -75,12 +75,8 @@ BATCHES ?= 5,10,50,100
 # reference solver ("teacher" of the table: SOLVER:NFE; 200 Heun steps spend 399 NFE).
 NFES_LEARNED ?= $(PAPER_LEARNED_NFE)
 LEARNED_SOLVER ?= $(PAPER_LEARNED_SOLVER)
-# S4S with the digits classifier's feature distance (s4s_fd, s4s_alt_fd) only where that network fits
-ifeq ($(DATASET),digits)
-LEARNED ?= dode,iia,s4s,s4s_fd,s4s_alt,s4s_alt_fd
-else
-LEARNED ?= dode,iia,s4s,s4s_alt
-endif
+# the learned methods (conf/paper.yaml; S4S with the digits classifier's features on digits only)
+LEARNED ?= $(PAPER_LEARNED)
 TEACHER_NOISE ?= $(PAPER_TEACHER_NOISE)
 TEACHER_EDM ?= $(PAPER_TEACHER_EDM)
 LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teacher-noise $(TEACHER_NOISE) \

@@ -19,10 +19,14 @@ from dode.report.registry import artifact
 from dode.report.tables import (Cell, Table, caption_common, cell, fit_seconds, fit_value, long_form, present_nfes,
                                 rows_of, stem, write_tables)
 
-LEARNED_METHODS = ("none", "dode", "iia", "s4s", "s4s_fd", "s4s_alt", "s4s_alt_fd")  # the rows, in this order
 FIT_CAPTION = ("`fit_seconds` of the run: D-ODE one teacher and one student run; IIA one student run plus the fine "
                "solver from every step; S4S the teacher samples plus Adam through the student; S4S-Alt also the grid "
                "searches. Measured on the machine that ran dode-run (results/README.md).")
+
+
+def learned_methods() -> tuple[str, ...]:
+    """The rows of table-learned, in order: the base solver, then ``conf/paper.yaml``'s learned methods."""
+    return ("none", *protocol().learned_methods)
 
 
 @dataclass
@@ -59,7 +63,7 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
     d, info = select(runs, opt, ck, scale=opt.scale, batch=opt.batch)
     ref_rows = rows_of(d, distill="none", solver=teacher[0], nfe=teacher[1])
     ref = Reference(*teacher, ref_rows, cell(ref_rows))
-    d = d[(d["solver"] == s) & d["distill"].isin(LEARNED_METHODS)]
+    d = d[(d["solver"] == s) & d["distill"].isin(learned_methods())]
     if d.empty:
         opt.say(f"table-learned: no {s} runs of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; skipped")
         return []
@@ -71,7 +75,7 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
     data = _learned_csv(d, curves, ref, s)
     metric = metric_label(info.metric)
     return write_tables(opt, name, tables, data) + figures.learned_vs_nfe(
-        curves, s, LEARNED_METHODS, (ref.cell.mean, ref.cell.std, ref.label) if ref.cell.n else None,
+        curves, s, learned_methods(), (ref.cell.mean, ref.cell.std, ref.label) if ref.cell.n else None,
         protocol().goal_ratio, f"{metric} of learned solvers vs NFE — {opt.dataset} · {ck}",
         caption_common(info, d["seed"].unique()), metric, opt.figures / name)
 
@@ -91,7 +95,7 @@ def _learned_tables(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, nfes:
                     opt: Options, ck: str, name: str) -> list[Table]:
     """The methods over NFE (with the goal), their ratio to the reference, their fit times."""
     s, header = opt.learned_solver, ["NFE"] + nfes
-    methods = [m for m in LEARNED_METHODS if (d["distill"] == m).any()]
+    methods = [m for m in learned_methods() if (d["distill"] == m).any()]
     cells = {m: [cell(rows_of(d, distill=m, nfe=n)) for n in nfes] for m in methods}
     rows = [[method_label(s, m)] + [c.text for c in cells[m]] for m in methods]
     rows += [[f"reference: {ref.label}"] + [ref.cell.text] * len(nfes)] if ref.cell.n else []

@@ -36,10 +36,16 @@ class Protocol:
     time_samples: int
     samples_nfe: dict[str, tuple[int, ...]]
     learned_solver: str
+    learned_methods: tuple[str, ...]  # table-learned's rows after the base solver (distill options)
+    digits_only: tuple[str, ...]      # of those, the ones swept on the digits models only
     learned_nfe: tuple[int, ...]
     teachers: dict[str, SolverNFE]   # model role ("noise", "edm") → reference solver
     goal_nfe: int
     goal_ratio: float
+
+    def learned_for(self, dataset: str) -> tuple[str, ...]:
+        """The learned methods table-learned's sweep runs on ``dataset``."""
+        return tuple(m for m in self.learned_methods if dataset == "digits" or m not in self.digits_only)
 
     def models(self, dataset: str) -> Models:
         """The paper's checkpoints of ``dataset`` (none for an unknown one)."""
@@ -70,7 +76,8 @@ def protocol() -> Protocol:
         noise_solvers=tuple(c["noise_solvers"]), edm_solvers=tuple(c["edm_solvers"]),
         table_nfe=_ints(c["table_nfe"]), time_samples=int(c["time_samples"]),
         samples_nfe={s: _ints(v) for s, v in c["samples_nfe"].items()},
-        learned_solver=str(learned["solver"]), learned_nfe=_ints(learned["nfe"]),
+        learned_solver=str(learned["solver"]), learned_methods=tuple(learned["methods"]),
+        digits_only=tuple(learned["digits_only"]), learned_nfe=_ints(learned["nfe"]),
         teachers={role: parse_solver_nfe(v) for role, v in learned["teachers"].items()},
         goal_nfe=int(learned["goal_nfe"]), goal_ratio=float(learned["goal_ratio"]))
 

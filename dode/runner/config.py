@@ -43,3 +43,9 @@ def group_option(group: str, name: str) -> dict:
 def without_group(overrides: list[str], group: str) -> list[str]:
     """``overrides`` without those of ``group`` (``group=…``, ``group.key=…``, ``+group…``, ``~group…``)."""
     return [o for o in overrides if not o.split("=")[0].lstrip("+~").startswith(group)]
+
+
+def display_label(template: str, solver_label: str) -> str:
+    """A distill option's display name: its ``label:`` with ``{solver}`` replaced by the solver's
+    label (``D-{solver}`` on DDIM → ``D-DDIM``; ``S4S ({solver})`` → ``S4S (DDIM)``)."""
+    return str(template).replace("{solver}", solver_label)

@@ -121,7 +121,7 @@ def build_points(cfg, choices: dict, none_distill: dict | None = None, with_file
     names = {g: str(choices.get(g)) for g in ("dataset", "checkpoint", "eval", "solver", "distill")}
     distills = [(names["distill"], c["distill"])]
     if c.get("compare_base") and c["distill"].get("kind", "none") != "none":
-        distills.insert(0, ("none", none_distill or {"name": "none", "kind": "none", "label": "base"}))
+        distills.insert(0, ("none", none_distill or {"name": "none", "kind": "none", "label": "{solver}"}))
     points = []
     for nfe in nfes:
         if isinstance(nfe, bool) or not isinstance(nfe, int):

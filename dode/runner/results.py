@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from dode.runner.config import display_label
 from dode.runner.points import Point
 from dode.runner.store import file_lock, run_dir, write_atomic
 
@@ -81,7 +82,8 @@ def summary(points: list[Point], table: Any = None) -> str:
     if df.empty:
         return "(no finished runs)"
     order = list(dict.fromkeys(p.choices.distill for p in points))
-    labels = {p.choices.distill: p.distill.get("label", p.choices.distill) for p in points}
+    labels = {p.choices.distill: display_label(p.distill.get("label", p.choices.distill),
+                                               str(p.solver.get("label", p.solver["name"]))) for p in points}
     spread = ", mean ± std over seeds" if len(seeds) > 1 else ""
     lines = [f"{first.choices.dataset} · {first.choices.checkpoint} · {first.choices.eval} "
              f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {first.num_samples} samples{spread})"]

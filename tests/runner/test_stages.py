@@ -35,7 +35,7 @@ def test_digits_model_and_fd_digits_end_to_end(tmp_path, capsys):
     (metric,) = (tmp_path / "digits" / "digits-ddpm").glob("*dode*/seed-0/metrics/*.json")
     result = json.loads(metric.read_text())
     assert result["feature_dim"] == 64 and result["features"]["mu"] == [64]
-    assert "D-ODE (dode)" in capsys.readouterr().out
+    assert "DDIM (none)" in (out := capsys.readouterr().out) and "D-DDIM (dode)" in out  # conf/distill labels
 
 
 def test_run_folder_of_other_weights_is_refused_not_reused(tiny_conf, tmp_path, capsys, monkeypatch):
@@ -70,7 +70,7 @@ def test_run_and_rerun_regenerates_nothing(reference, tiny_conf, capsys):
     out = capsys.readouterr().out
     assert shards(reference) == before  # same bytes, not even rewritten
     assert len(read_runs(reference)) == 4  # replaced, not duplicated
-    assert "base (none)" in out and "D-ODE (dode)" in out and "λ fit" in out
+    assert "DDIM (none)" in out and "D-DDIM (dode)" in out and "λ fit" in out
 
 
 def test_corrupted_and_truncated_shards_are_regenerated(reference, tiny_conf, tmp_path, capsys):
@@ -185,6 +185,6 @@ def test_default_run_on_digits_finishes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dode.runner", f"results_dir={tmp_path}"], env=env(),
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "D-ODE" in r.stdout and "ddim" in r.stdout
+    assert "D-DDIM (dode)" in r.stdout and "ddim" in r.stdout
     assert len(read_runs(tmp_path)) == 2 * 2 * 3
     print(f"default run: {time.time() - start:.0f} s")
