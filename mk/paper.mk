@@ -30,8 +30,11 @@ SEEDS ?= 0 1 2
 # (the artifacts and the make target of each one's sweeps). `python -m dode.report query make` prints
 # them as PAPER_* assignments (one word each, lists comma-separated), read once here (or given as
 # PAPER_QUERY=… on the command line, as the tests do to save a Python start per make call).
+# Asked only when a goal other than the including Makefile's own (OWN_TARGETS) is requested.
 ifeq ($(origin PAPER_QUERY),undefined)
+ifneq ($(filter-out $(OWN_TARGETS),$(or $(MAKECMDGOALS),paper)),)
 PAPER_QUERY := $(shell $(PYTHON) -m dode.report query make --dataset $(DATASET) 2>/dev/null)
+endif
 endif
 $(foreach v,$(PAPER_QUERY),$(eval $(v)))
 ifeq ($(PAPER_ARTIFACTS),)
