@@ -11,3 +11,7 @@ class InvalidChoice(UserError, ValueError):
 
 class InvalidNFE(UserError, ValueError):
     """A solver cannot spend exactly the requested number of network evaluations."""
+
+
+class CorrectionMismatch(UserError, ValueError):
+    """A fitted correction used with another solver, NFE or σ grid than it was fitted for."""

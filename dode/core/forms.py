@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from dode.errors import InvalidChoice
+from dode.errors import CorrectionMismatch, InvalidChoice
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,35 @@ def get_form(name: str) -> Form:
     return FORMS[name]
 
 
+@dataclass(frozen=True)
+class FittedFor:
+    """What a correction was fitted for (from its provenance): it holds only on this solver, at this
+    NFE, on this σ grid; None where the provenance does not say (e.g. λ given by hand)."""
+
+    solver: str | None = None
+    nfe: int | None = None
+    sigmas: tuple[float, ...] | None = None
+
+    def check(self, solver: str, nfe: int, sigmas: Sequence[float]) -> None:
+        """:class:`~dode.errors.CorrectionMismatch` (one line) unless ``solver``, ``nfe`` and ``sigmas``
+        are those it was fitted for (σ to 1e-12 relative: a grid read back from JSON)."""
+        want = ", ".join(x for x in (self.solver, f"NFE {self.nfe}" if self.nfe is not None else None) if x)
+        if self.solver is not None and solver != self.solver:
+            raise CorrectionMismatch(f"this correction was fitted for {want}, not for {solver}: fit one for {solver}")
+        if self.nfe is not None and int(nfe) != self.nfe:
+            raise CorrectionMismatch(f"this correction was fitted for {want}, not for NFE {nfe}: fit one for NFE {nfe}")
+        if self.sigmas is not None:
+            mine, theirs = torch.tensor(self.sigmas, dtype=torch.float64), torch.as_tensor(sigmas, dtype=torch.float64)
+            if mine.shape != theirs.shape or not torch.allclose(mine, theirs.cpu(), rtol=1e-12, atol=0.0):
+                raise CorrectionMismatch(f"this correction was fitted for {want} on another σ grid "
+                                         f"({_grid_text(self.sigmas)}, not {_grid_text(theirs.tolist())}): "
+                                         "sample on its grid (dode.learn.grid_of) or fit one for this grid")
+
+
+def _grid_text(sigmas: Sequence[float]) -> str:
+    return f"{len(sigmas)} points {float(sigmas[0]):.4g} … {float(sigmas[-1]):.4g}"
+
+
 @dataclass
 class Correction:
     """Per-evaluation parameters θ_k of a linear correction (see module docstring), with provenance.
@@ -142,7 +171,8 @@ class Correction:
         """One λ shared by every evaluation: Fixed-D-DDIM (``dode``) or LA-DDIM (``lookahead``)."""
         if form not in ("dode", "lookahead"):
             raise InvalidChoice(f"a fixed λ applies to the forms 'dode' and 'lookahead', not {form!r}")
-        return cls(form, [[float(lam)] for _ in range(nfe)], provenance={"fixed_lambda": float(lam), **provenance})
+        return cls(form, [[float(lam)] for _ in range(nfe)],
+                   provenance={"fixed_lambda": float(lam), "nfe": int(nfe), **provenance})
 
     @property
     def lambdas(self) -> Tensor:
@@ -150,6 +180,24 @@ class Correction:
         if self.form not in ("dode", "lookahead"):
             raise ValueError(f"form {self.form!r} has several parameters per evaluation; use .theta")
         return torch.tensor([float(t[0]) if len(t) else 0.0 for t in self.theta], dtype=torch.float64)
+
+    @property
+    def fitted_for(self) -> FittedFor:
+        """The solver, NFE and σ grid this correction was fitted for (its provenance's ``solver``,
+        ``nfe``, ``sigmas``)."""
+        p = self.provenance or {}
+        sig = p.get("sigmas")
+        return FittedFor(p.get("solver"), int(p["nfe"]) if p.get("nfe") is not None else None,
+                         tuple(float(v) for v in sig) if sig is not None else None)
+
+    def check_run(self, solver: str, nfe: int, sigmas: Sequence[float]) -> None:
+        """Refuse (:class:`~dode.errors.CorrectionMismatch`, one line) a run this correction does not fit:
+        θ for another number of evaluations than ``nfe``, or another solver, NFE or grid than it was
+        fitted for (no θ is ever silently taken as 0)."""
+        if len(self.theta) != int(nfe):
+            raise CorrectionMismatch(f"the correction holds θ for {len(self.theta)} model evaluations, the run makes "
+                                     f"{nfe}: it belongs to another NFE (or its file is incomplete)")
+        self.fitted_for.check(solver, nfe, sigmas)
 
     def theta_at(self, k: int):
         """θ_k, or no parameters past the end of ``theta``."""

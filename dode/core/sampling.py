@@ -32,6 +32,16 @@ def as_correction(lambdas: Correction | Sequence[float] | Tensor | None) -> Corr
     return Correction.from_lambdas(lambdas)
 
 
+def checked(lambdas: Correction | Sequence[float] | Tensor | None, spec: Solver, nfe: int,
+            sigmas: Tensor) -> Correction | None:
+    """The correction for a run of ``spec`` at ``nfe`` on ``sigmas``, refused (one line) where it does
+    not fit: :meth:`Correction.check_run`."""
+    correction = as_correction(lambdas)
+    if correction is not None:
+        correction.check_run(spec.name, nfe, sigmas)
+    return correction
+
+
 def _wants_grad(noise: Tensor, correction: Correction | None) -> bool:
     """Autograd only when something asks for it (S4S optimises θ through the sampler)."""
     params = [v for t in (correction.theta if correction else []) for v in t]
@@ -56,9 +66,11 @@ def sample(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     :func:`dode.fit_lambdas`, or any :class:`~dode.core.forms.Correction`. ``grid``: a grid name
     (``time_uniform``, ``time_quadratic``, ``edm``, ``logsnr``), a float64 tensor of σ, or None for the
     model's default. Returns the state at the grid's last σ (σ = 0 for named grids), i.e. samples.
+    A correction that does not fit the run (θ for another number of evaluations; fitted for another
+    solver, NFE or grid) is refused with :class:`~dode.errors.CorrectionMismatch`.
     """
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
-    return run_solver(ModelPath(denoiser, as_correction(lambdas)), spec, noise, sigmas, plan)
+    return run_solver(ModelPath(denoiser, checked(lambdas, spec, nfe, sigmas)), spec, noise, sigmas, plan)
 
 
 def trajectory(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
@@ -67,5 +79,5 @@ def trajectory(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
     """Run like :func:`sample` and also return every evaluation as a :class:`~dode.core.path.Call`
     ``(σ, x, D)`` (for figures)."""
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
-    path = ModelPath(denoiser, as_correction(lambdas), record=True)
+    path = ModelPath(denoiser, checked(lambdas, spec, nfe, sigmas), record=True)
     return run_solver(path, spec, noise, sigmas, plan), path.calls
