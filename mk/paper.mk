@@ -32,7 +32,7 @@ SEEDS ?= 0 1 2
 # PAPER_QUERY=… on the command line, as the tests do to save a Python start per make call).
 # Asked only when a goal other than the including Makefile's own (OWN_TARGETS) is requested.
 ifeq ($(origin PAPER_QUERY),undefined)
-ifneq ($(filter-out $(OWN_TARGETS),$(or $(MAKECMDGOALS),paper)),)
+ifneq ($(filter-out $(OWN_TARGETS),$(or $(MAKECMDGOALS),$(.DEFAULT_GOAL))),)
 PAPER_QUERY := $(shell $(PYTHON) -m dode.report query make --dataset $(DATASET) 2>/dev/null)
 endif
 endif

@@ -38,8 +38,9 @@ class ModelPath:
     """Calls the denoiser for a solver: counts NFE, records σ, applies the correction hook.
 
     ``record``: False keeps no calls; True keeps every evaluation as a :class:`Call` in ``calls``
-    (trajectory figures); a collection of σ keeps only the evaluations at those σ (a teacher's
-    states at the student's times, without its other K·N states).
+    (trajectory figures); a collection of σ keeps only the last evaluation at each of those σ (a
+    teacher's states at the student's times, without its other K·N states or a Heun teacher's second
+    evaluation at the same σ).
     """
 
     def __init__(self, denoiser, correction: Correction | None = None,
@@ -51,6 +52,7 @@ class ModelPath:
         self.sigmas: list[float] = []
         self.calls: list[Call] | None = None if record is False else []
         self._keep = None if isinstance(record, bool) else frozenset(float(s) for s in record)
+        self._kept_at: dict[float, int] = {}  # σ → its call's index in ``calls`` (σ-set recording)
         self.history: list[Estimate] = []
         self.columns: dict[int, list[bool]] = {}  # evaluation -> which features exist
         self._corrected = -1
@@ -64,9 +66,19 @@ class ModelPath:
         d = self.evaluate(x, sigma)
         self.nfe += 1
         self.sigmas.append(float(sigma))
-        if self.calls is not None and (self._keep is None or float(sigma) in self._keep):
-            self.calls.append(Call(float(sigma), x, d))
+        if self.calls is not None:
+            self._record(Call(float(sigma), x, d))
         return d
+
+    def _record(self, call: Call) -> None:
+        if self._keep is None:
+            self.calls.append(call)
+        elif call.sigma in self._keep:
+            if call.sigma in self._kept_at:
+                self.calls[self._kept_at[call.sigma]] = call
+            else:
+                self._kept_at[call.sigma] = len(self.calls)
+                self.calls.append(call)
 
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         """Evaluate and correct: for solvers that feed the raw output forward."""

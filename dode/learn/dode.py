@@ -31,6 +31,7 @@ from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, solver_grid
 from dode.core.schedules import Grid, refine, schedule_of
 from dode.core.solvers import get_solver
+from dode.learn.grids import grid_record
 from dode.learn.record import ReplayPath, Stop, student_points
 
 __all__ = ["fit_correction", "fit_lambdas", "teacher_states"]
@@ -123,8 +124,8 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
         correction.theta[k] = theta
     correction.space = correction.space or native_prediction(denoiser)
     correction.provenance = {
-        "solver": spec.name, "nfe": nfe, "form": form, "grid": grid if isinstance(grid, (str, type(None)))
-        else [float(v) for v in sigmas], "sigmas": [float(v) for v in sigmas], "scale": scale,
+        "solver": spec.name, "nfe": nfe, "form": form, "grid": grid_record(grid, sigmas),
+        "sigmas": [float(v) for v in sigmas], "scale": scale,
         "batch": int(noise.shape[0]), **info, "fit_seconds": time.perf_counter() - start,
         "teacher_seconds": teacher_seconds, "dode_version": __version__, **provenance,
     }

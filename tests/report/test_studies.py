@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dode import fit_correction
-from dode.report.studies import cosine_data, grid_progress, trajectory_data
+from dode.report.model_runs import cosine_data, grid_progress, trajectory_data
 
 
 @pytest.fixture(scope="module")
