@@ -72,8 +72,8 @@ def app(cfg) -> list[dict] | None:
         if not multirun:
             raise
         logging.getLogger("dode.runner").exception(f"dode-run: job {num} crashed")
-        save_outcome(JobOutcome(num, overrides, CRASHED, f"{type(e).__name__}: {str(e).strip().splitlines()[0]}"
-                                if str(e).strip() else type(e).__name__))
+        detail = " ".join(str(e).split())  # the message on one line
+        save_outcome(JobOutcome(num, overrides, CRASHED, f"{type(e).__name__}: {detail[:300]}"))
         return None
     finally:
         sys.stdout.flush()
@@ -87,7 +87,7 @@ def run_job(cfg, overrides: tuple[str, ...] = ()) -> tuple[list[dict] | None, st
     from omegaconf import OmegaConf
 
     from dode.runner.distributed import launch
-    from dode.runner.options import check_composed_keys, check_options, top_level_keys
+    from dode.runner.options import check_composed_keys, check_options, config_keys, top_level_keys
     from dode.runner.points import build_points
     from dode.runner.results import check_runs, summary
     from dode.runner.stages import execute
@@ -96,7 +96,8 @@ def run_job(cfg, overrides: tuple[str, ...] = ()) -> tuple[list[dict] | None, st
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
         choices = _choices()
-        check_composed_keys(plain, [*top_level_keys(config_dir()), *choices], list(overrides))
+        conf = config_dir()
+        check_composed_keys(plain, [*top_level_keys(conf), *choices], list(overrides), config_keys(conf))
         check_options(plain)
         check_runs(plain["results_dir"])
         points = build_points(plain, choices, _none_distill())

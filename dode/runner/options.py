@@ -24,12 +24,19 @@ class UnknownKey(UserError):
     """A top-level key that ``conf/config.yaml`` does not define (a typo added with ``+``)."""
 
 
+def config_keys(conf: Path) -> list[str]:
+    """The keys ``config.yaml`` sets itself (not its groups): every ``dode-run`` config has them."""
+    from omegaconf import OmegaConf
+
+    return [k for k in OmegaConf.load(conf / "config.yaml") if k not in ("defaults", "hydra")]
+
+
 def top_level_keys(conf: Path) -> list[str]:
     """The keys a ``dode-run`` config may have at the top: those of ``config.yaml`` and its groups."""
     from omegaconf import OmegaConf
 
     root = OmegaConf.to_container(OmegaConf.load(conf / "config.yaml"), resolve=False)
-    keys = [k for k in root if k not in ("defaults", "hydra")]
+    keys = config_keys(conf)
     for entry in root.get("defaults", []):
         name = next(iter(entry)) if isinstance(entry, dict) else str(entry)
         name = name.replace("optional ", "").replace("override ", "")
@@ -63,8 +70,13 @@ def check_argv_keys(argv: list[str], conf: Path) -> str | None:
     return None
 
 
-def check_composed_keys(cfg: dict, valid: Iterable[str], overrides: list[str]) -> None:
-    """Refuse top-level keys of the composed config that dode-run does not know (``+nfes=5``)."""
+def check_composed_keys(cfg: dict, valid: Iterable[str], overrides: list[str], required: Iterable[str] = ()) -> None:
+    """Refuse top-level keys of the composed config that dode-run does not know (``+nfes=5``) and
+    missing ``required`` ones (deleted with ``~key``)."""
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise UserError(f"the key(s) {', '.join(missing)} were removed (`~{missing[0]}`), but dode-run needs every "
+                        "key of config.yaml: give a value instead (`dode-run --help` lists them)")
     valid = set(valid)
     for key in cfg:
         if key != "hydra" and key not in valid:

@@ -26,8 +26,9 @@ from dode.runner.distributed import Context
 from dode.runner.points import META_KEYS, Point, check_with_model, image_shape, load_denoiser
 from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.runner.seeds import eval_block, fit_block, make_noise, set_labels
-from dode.runner.store import (FORMAT, Manifest, RunLog, encode_shard, eval_id, file_lock, read_json, remove_stale_tmp,
-                               run_dir, run_key, run_spec, sha256_bytes, shard_plan, temp_path, write_atomic, write_json)
+from dode.runner.store import (FORMAT, Manifest, RunLog, encode_shard, eval_id, file_lock, read_json,
+                               remove_stale_tmp, run_dir, run_key, run_spec, sha256_bytes, shard_plan, temp_path,
+                               write_atomic, write_json)
 
 
 # ------------------------------------------------------------------------------------------- fit
@@ -110,7 +111,8 @@ def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: 
     for sh in mine:
         status, _ = manifest.check(sh, seed, entries)
         if status == "corrupt":
-            rlog(f"seed {seed}: {sh.name} is corrupted or truncated (or not a shard of this run); regenerating it", level=logging.WARNING)
+            rlog(f"seed {seed}: {sh.name} is corrupted or truncated (or not a shard of this run); regenerating it",
+                 level=logging.WARNING)
         if status in ("missing", "corrupt"):
             todo.append(sh)
     if todo:

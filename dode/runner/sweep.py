@@ -71,12 +71,17 @@ def read_outcomes(folder: Path) -> list[JobOutcome]:
 
 
 def format_outcomes(outcomes: list[JobOutcome]) -> str:
-    """The combined summary: a line per job (``[ok]``/``[FAILED]`` and its overrides), the summary
+    """The combined summary: the overrides every job shares, a line per job (``[ok]``/``[FAILED]``
+    and its own overrides), the summary
     table of each finished job indented below it, the reason of each failed one; then the totals."""
     lines = ["", "=" * 30 + " sweep summary " + "=" * 30]
+    common = set.intersection(*(set(o.overrides) for o in outcomes)) if len(outcomes) > 1 else set()
+    if common:
+        lines.append(f"every job: {' '.join(o for o in outcomes[0].overrides if o in common)}")
     for o in outcomes:
         mark = "ok" if o.status == FINISHED else f"FAILED ({o.status})"
-        lines.append(f"job {o.num} [{mark}] {' '.join(o.overrides) or '(no overrides)'}")
+        own = [x for x in o.overrides if x not in common]
+        lines.append(f"job {o.num} [{mark}] {' '.join(own) or '(no overrides)'}")
         lines += [f"    {line}" for line in o.text.splitlines()]
     failed = [o for o in outcomes if o.status != FINISHED]
     total = f"{len(outcomes)} job{'s' if len(outcomes) != 1 else ''}"
