@@ -9,6 +9,7 @@ them); ``mean ± std`` is over the selected evaluation seeds (:mod:`dode.report.
     python -m dode.report                      # everything that can be rendered
     python -m dode.report table-formulations --dataset cifar10 --checkpoint ddpm-cifar10
     python -m dode.report query make --dataset cifar10   # what mk/paper.mk reads (conf/paper.yaml, registry)
+    python -m dode.report rebuild-runs results          # runs.csv anew from the run folders' metric files
     make paper                                 # the sweeps, then this (mk/paper.mk)
 """
 from __future__ import annotations
@@ -54,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
         description="Render the D-ODE paper's tables (Markdown + CSV) and figures (PNG + PDF) from "
                     "<results>/runs.csv and the run folders (Figs. 2 and 5 are computed with the model).",
         epilog=f"artifacts (default: all of them):\n{_artifact_lines()}\n\nSweeps: mk/paper.mk (make paper). "
-               "What make reads: python -m dode.report query {make,artifacts} [--dataset D].")
+               "What make reads: python -m dode.report query {make,artifacts} [--dataset D]. "
+               "A corrupt or lost runs.csv: python -m dode.report rebuild-runs RESULTS_DIR.")
     ap.add_argument("what", nargs="*", metavar="ARTIFACT", help="artifacts to render (default: all; listed below)")
     ap.add_argument("--results", default="results", help="folder with runs.csv (default: results)")
     ap.add_argument("--dataset", default="digits")
@@ -137,11 +139,32 @@ def query(argv: Sequence[str]) -> int:
     return 0
 
 
+def rebuild_runs(argv: Sequence[str]) -> int:
+    """``rebuild-runs RESULTS_DIR``: write runs.csv anew from the run folders (the source of truth)."""
+    from dode.errors import UserError
+    from dode.runner.results import RUNS_CSV, rebuild_runs as rebuild
+
+    ap = argparse.ArgumentParser(prog="python -m dode.report rebuild-runs",
+                                 description="Rebuild <RESULTS_DIR>/runs.csv from the run folders' run.json, "
+                                             "lambdas.json and metric files (a corrupt or lost runs.csv).")
+    ap.add_argument("results_dir", metavar="RESULTS_DIR", help="the results_dir of dode-run (e.g. results)")
+    a = ap.parse_args(argv)
+    try:
+        n = rebuild(a.results_dir)
+    except (UserError, OSError) as e:
+        print(f"dode.report: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.results_dir}/{RUNS_CSV}: {n} row{'s' if n != 1 else ''} rebuilt from the run folders")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Render the artifacts named on the command line (all without any); 2 on a usage or input error."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["query"]:
         return query(argv[1:])
+    if argv[:1] == ["rebuild-runs"]:
+        return rebuild_runs(argv[1:])
     a = parser().parse_args(argv)
     try:
         files = render(a.what or list(ARTIFACTS), options(a))

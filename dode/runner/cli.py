@@ -1,12 +1,15 @@
 """``dode-run``: the Hydra experiment runner (fit → generate → metric → runs.csv). See docs/runner.md."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 
 from dode.errors import UserError
+from dode.runner import sweep
 from dode.runner.config import config_dir, without_group
+from dode.runner.options import check_argv_keys
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -40,39 +43,84 @@ def _multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def app(cfg) -> list[dict] | None:
-    """One Hydra job: build the points, run them on every process, print the summary table."""
-    from dode.runner.distributed import launch
-    from dode.runner.points import build_points
-    from dode.runner.results import summary
-    from dode.runner.stages import execute
+def _job() -> tuple[int, tuple[str, ...]]:
+    from hydra.core.hydra_config import HydraConfig
 
+    hc = HydraConfig.get()
+    return int(hc.job.get("num", 0) or 0), tuple(hc.overrides.task)
+
+
+def app(cfg) -> list[dict] | None:
+    """One Hydra job: check the options, build the points, run them on every process, print the
+    summary table. In a sweep, every way the job ends is recorded for the sweep's summary
+    (:mod:`dode.runner.sweep`) and the sweep goes on."""
+    from dode.runner.sweep import CRASHED, FINISHED, USER_ERROR, JobOutcome, save_outcome
+
+    multirun = _multirun()
+    num, overrides = _job()
     try:
-        try:
-            points = build_points(cfg, _choices(), _none_distill())
-            lc = cfg.launcher
-            rows = launch(execute, {"points": points}, world_size=int(cfg.world_size), launcher=str(lc.name),
-                          device=str(cfg.device), backend=lc.get("backend"),
-                          threads_per_worker=lc.get("threads_per_worker"),
-                          timeout_min=float(lc.get("timeout_min", 600)))
-        except UserError as e:
-            _fail(str(e))
-            return None
-        except KeyboardInterrupt:
-            print("\ndode-run: interrupted. Everything finished so far is kept; rerun the same command to resume.",
-                  file=sys.stderr)
-            sys.exit(EXIT_INTERRUPTED)
-        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
-            print()
-            print(summary(points))
-        return rows
+        rows, text = run_job(cfg, overrides)
+    except UserError as e:
+        _fail(str(e), multirun)
+        save_outcome(JobOutcome(num, overrides, USER_ERROR, str(e).splitlines()[0]))
+        return None
+    except KeyboardInterrupt:
+        print("\ndode-run: interrupted. Everything finished so far is kept; rerun the same command to resume.",
+              file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as e:
+        if not multirun:
+            raise
+        logging.getLogger("dode.runner").exception(f"dode-run: job {num} crashed")
+        detail = " ".join(str(e).split())  # the message on one line
+        save_outcome(JobOutcome(num, overrides, CRASHED, f"{type(e).__name__}: {detail[:300]}"))
+        return None
     finally:
         sys.stdout.flush()
+    save_outcome(JobOutcome(num, overrides, FINISHED, text))
+    return rows
 
 
-def _fail(msg: str) -> None:
+def run_job(cfg, overrides: tuple[str, ...] = ()) -> tuple[list[dict] | None, str]:
+    """(rows, summary table) of one job; every input is checked before any work, and a full or
+    read-only disk is a :class:`~dode.errors.UserError` naming the path."""
+    from omegaconf import OmegaConf
+
+    from dode.runner.distributed import launch
+    from dode.runner.options import check_composed_keys, check_options, config_keys, top_level_keys
+    from dode.runner.points import build_points
+    from dode.runner.results import check_runs, summary
+    from dode.runner.stages import execute
+    from dode.runner.store import disk_error
+
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        choices = _choices()
+        conf = config_dir()
+        check_composed_keys(plain, [*top_level_keys(conf), *choices], list(overrides), config_keys(conf))
+        check_options(plain)
+        check_runs(plain["results_dir"])
+        points = build_points(plain, choices, _none_distill())
+        lc = cfg.launcher
+        rows = launch(execute, {"points": points}, world_size=int(cfg.world_size), launcher=str(lc.name),
+                      device=str(cfg.device), backend=lc.get("backend"),
+                      threads_per_worker=lc.get("threads_per_worker"),
+                      timeout_min=float(lc.get("timeout_min", 600)))
+        text = summary(points)
+    except OSError as e:
+        err = disk_error(e)
+        if err is None:
+            raise
+        raise err from None
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
+        print()
+        print(text)
+    return rows, text
+
+
+def _fail(msg: str, multirun: bool) -> None:
     print(f"dode-run: error: {msg}", file=sys.stderr)
-    if not _multirun():  # in a sweep the other jobs go on
+    if not multirun:  # in a sweep the other jobs go on
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -105,11 +153,14 @@ def main() -> None:
     except UserError as e:
         print(f"dode-run: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    msg = check_group_options(sys.argv[1:], conf)
+    msg = check_group_options(sys.argv[1:], conf) or check_argv_keys(sys.argv[1:], conf)
     if msg:
         print(f"dode-run: error: {msg}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(app)()
+    result, sweep.LAST = sweep.LAST, None
+    if result is not None and result.exit_status:
+        sys.exit(result.exit_status)
 
 
 if __name__ == "__main__":

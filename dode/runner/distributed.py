@@ -26,6 +26,11 @@ import torch
 import torch.distributed as dist
 
 from dode.errors import UserError
+from dode.runner.store import disk_error
+
+
+class WorkerDied(UserError):
+    """A worker process was killed (or exited) mid-run; everything finished is kept, a rerun resumes."""
 
 
 @dataclass
@@ -142,6 +147,12 @@ def _worker(index: int, fn: Callable, payload: Any, world: int, port: int, devic
     except UserError as e:  # reported by the parent, without a traceback
         errors.put(f"{type(e).__name__}: {e}" if type(e).__name__ != "UserError" else str(e))
         sys.exit(2)
+    except OSError as e:  # a full or read-only disk: reported by the parent in one line
+        err = disk_error(e)
+        if err is None:
+            raise
+        errors.put(str(err))
+        sys.exit(2)
 
 
 def launch(fn: Callable[[Context, Any], Any], payload: Any, world_size: int = 1, launcher: str = "local",
@@ -194,8 +205,8 @@ def _spawn(fn, payload, world: int, device: str, backend, threads: int | None, t
     except mp.ProcessExitedException as e:
         if not errors.empty():
             raise UserError(errors.get()) from None
-        raise RuntimeError(f"worker {e.error_index} of {world} died ({_exit_reason(e)}); the other workers were "
-                           "stopped. Everything finished so far is kept: rerun the same command to resume.") from None
+        raise WorkerDied(f"worker {e.error_index} of {world} died ({_exit_reason(e)}); the other workers were "
+                         "stopped. Everything finished so far is kept: rerun the same command to resume.") from None
     except mp.ProcessRaisedException as e:
         raise RuntimeError(f"worker {e.error_index} of {world} failed:\n{e.msg}") from None
     except KeyboardInterrupt:

@@ -8,7 +8,9 @@ Every ``conf/distill/<name>.yaml`` names a ``kind``; :data:`METHODS` maps it to 
   point (solver, NFE, K), and returns a correction with ``save(path)``;
 * ``load(path)`` — reads ``lambdas.json`` back as what :func:`dode.sample` takes as ``lambdas``;
 * ``fits`` — whether K, B and the fit seed matter: the fit batch is drawn, and they enter the run
-  hash and the folder name (``-K<K>-B<B>``).
+  hash and the folder name (``-K<K>-B<B>``);
+* ``check(distill)`` — optional: refuses options of the distill config that cannot work (a
+  :class:`~dode.errors.UserError`), before any point of the job runs.
 
 A new learned method is its form (:mod:`dode.core`), its fit (one file in ``dode/learn/``), ONE
 ``@register("<kind>")`` function here, and its ``conf/distill/<name>.yaml`` with ``kind: <kind>``.
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from dode.runner.points import Point
 
 FitFunction = Callable[[Any, Tensor, "Point", bool, dict], Any]
+CheckFunction = Callable[[dict], None]
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,34 @@ class Method:
     fit: FitFunction | None
     load: Callable[[str | Path], Any] | None = Correction.load
     fits: bool = True
+    check: CheckFunction | None = None
 
 
 METHODS: dict[str, Method] = {"none": Method(None, None, fits=False)}
 
 
-def register(kind: str, fits: bool = True,
-             load: Callable[[str | Path], Any] = Correction.load) -> Callable[[FitFunction], FitFunction]:
+def register(kind: str, fits: bool = True, load: Callable[[str | Path], Any] = Correction.load,
+             check: CheckFunction | None = None) -> Callable[[FitFunction], FitFunction]:
     """Decorator: the fit function of distill ``kind`` (one registration per method)."""
     def add(fit: FitFunction) -> FitFunction:
-        METHODS[kind] = Method(fit, load, fits)
+        METHODS[kind] = Method(fit, load, fits, check)
         return fit
     return add
+
+
+def numbers(*keys: str, integer: bool = False, optional: bool = False) -> CheckFunction:
+    """A check: the distill options ``keys`` are numbers (integers ≥ 1 for ``integer``; null allowed
+    when ``optional``)."""
+    def check(distill: dict) -> None:
+        for key in keys:
+            v = distill.get(key)
+            if v is None and optional:
+                continue
+            ok = not isinstance(v, bool) and (isinstance(v, int) and v >= 1 if integer else isinstance(v, (int, float)))
+            if not ok:
+                what = "an integer ≥ 1" + (" or null" if optional else "") if integer else "a number"
+                raise UserError(f"distill.{key} must be {what}, got {v!r}")
+    return check
 
 
 def import_ref(ref: str) -> Any:
@@ -79,7 +98,7 @@ def method_of(distill: dict) -> Method:
         return base
     fit, load = distill.get("fit", base.fit), distill.get("load", base.load)
     return Method(import_ref(fit) if isinstance(fit, str) else fit, import_ref(load) if isinstance(load, str) else load,
-                  bool(distill.get("fits", base.fits)))
+                  bool(distill.get("fits", base.fits)), base.check)
 
 
 def options(distill: dict, keys: tuple[str, ...]) -> dict:
@@ -102,14 +121,14 @@ def fit_dode(denoiser, noise: Tensor, point: Point, progress: bool, provenance: 
                           grid=point.solver.get("grid"), teacher=d.get("teacher"), progress=progress, **provenance)
 
 
-@register("fixed", fits=False)
+@register("fixed", fits=False, check=numbers("lam"))
 def fixed_correction(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
     """One λ (``lam``) shared by every evaluation (Fixed-D-ODE, lookahead): nothing to fit."""
     d = point.distill
     return Correction.fixed(d.get("form", "dode"), float(d["lam"]), point.nfe, fit_seconds=0.0, **provenance)
 
 
-@register("iia")
+@register("iia", check=numbers("substeps", integer=True, optional=True))
 def fit_iia_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
     """IIA / BIIA (``form``): :func:`dode.learn.fit_iia` with M = ``substeps`` fine sub-steps per
     student step (null: K, the run's ``scale``) of ``fine_solver`` (null: the student's own)."""

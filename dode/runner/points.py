@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from dode.errors import UserError
-from dode.runner.config import config_dir, without_group
+from dode.runner.config import config_dir, group_option, without_group
 from dode.runner.methods import Method, method_of
 from dode.runner.seeds import BLOCK, FIT_BLOCK, MAX_FIT_SEED
 
@@ -100,7 +100,8 @@ INT_KEYS = ("scale", "batch", "fit_seed", "num_samples", "batch_size", "shard_si
 
 def _integer(key: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UserError(f"{key} must be an integer, got {value!r}")
+        what = "integers (one or a list, e.g. seeds=[0,1,2])" if key == "seeds" else "an integer"
+        raise UserError(f"{key} must be {what}, got {value!r}")
     return value
 
 
@@ -116,7 +117,7 @@ def build_points(cfg, choices: dict, none_distill: dict | None = None, with_file
     if not nfes or not seeds:
         raise UserError("nfe and seeds must not be empty")
     base = {k: c[k] for k in POINT_KEYS}
-    base.update({k: _integer(k, c[k]) for k in INT_KEYS}, seeds=tuple(int(s) for s in seeds),
+    base.update({k: _integer(k, c[k]) for k in INT_KEYS}, seeds=tuple(_integer("seeds", s) for s in seeds),
                 results_dir=str(c["results_dir"]), progress=bool(c["progress"]), dtype=str(c["dtype"]))
     names = {g: str(choices.get(g)) for g in ("dataset", "checkpoint", "eval", "solver", "distill")}
     distills = [(names["distill"], c["distill"])]
@@ -162,7 +163,13 @@ def check_point(point: Point) -> None:
         get_solver(point.solver["name"]).plan(point.nfe, True)
     except ValueError as e:
         raise UserError(f"solver={point.choices.solver} nfe={point.nfe}: {e}") from None
-    method_of(point.distill)
+    method = method_of(point.distill)
+    if method.check is not None:
+        try:
+            method.check(point.distill)
+        except UserError as e:
+            raise UserError(f"distill={point.choices.distill}: {e}") from None
+    check_compatible(point)
     for s in point.seeds:
         if not (0 <= s < FIT_BLOCK):
             raise UserError(f"evaluation seeds must be integers in [0, {FIT_BLOCK}), got {s}")
@@ -174,6 +181,47 @@ def check_point(point: Point) -> None:
     for key in ("scale", "batch", "batch_size", "shard_size"):
         if getattr(point, key) < 1:
             raise UserError(f"{key} must be a positive integer, got {getattr(point, key)}")
+
+
+def _shape(node: dict) -> tuple[int, int] | None:
+    c, r = node.get("channels"), node.get("resolution")
+    return (int(c), int(r)) if c and r else None
+
+
+def _fmt(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}×{shape[1]}×{shape[1]}"
+
+
+def fitting_checkpoints(shape: tuple[int, int]) -> list[str]:
+    """The options of ``conf/checkpoint`` whose images have ``(channels, resolution)`` ``shape``."""
+    names = sorted(p.stem for p in (config_dir() / "checkpoint").glob("*.yaml"))
+    return [n for n in names if _shape(group_option("checkpoint", n)) == shape]
+
+
+# the metrics whose features need one image size: fd_digits scores 8×8 grey digits with its classifier
+METRIC_SHAPES = {"fd_digits": (1, 8)}
+
+
+def check_compatible(point: Point) -> None:
+    """The checkpoint's images fit the dataset (channels and resolution; classes where the dataset
+    config states ``num_classes``) and the metric (:data:`METRIC_SHAPES`), before any work."""
+    ck, ds, c = point.checkpoint, point.dataset, point.choices
+    model, data = _shape(ck), _shape(ds)
+    if model and data and model != data:
+        fits = fitting_checkpoints(data)
+        raise UserError(f"checkpoint {c.checkpoint} makes {_fmt(model)} images (channels×height×width) but dataset "
+                        f"{c.dataset} has {_fmt(data)}: its samples cannot be compared with {c.dataset}. Checkpoints "
+                        f"of {_fmt(data)} images: {', '.join(fits) or 'none in conf/checkpoint'} (or choose the "
+                        "dataset of that checkpoint)")
+    n_model, n_data = ck.get("num_classes"), ds.get("num_classes")
+    if n_model and n_data and int(n_model) != int(n_data):
+        raise UserError(f"checkpoint {c.checkpoint} is conditioned on {n_model} classes but dataset {c.dataset} has "
+                        f"{n_data}: choose a checkpoint of {c.dataset}")
+    need = METRIC_SHAPES.get(point.metric_name()) if "_target_" not in point.eval else None
+    have = model or data
+    if need and have and have != need:
+        raise UserError(f"eval={c.eval} scores {_fmt(need)} images but checkpoint {c.checkpoint} makes {_fmt(have)} "
+                        f"ones; use an eval for {c.dataset} (eval=fid50k) or a checkpoint of {_fmt(need)} images")
 
 
 def check_eval(point: Point) -> None:
@@ -219,6 +267,11 @@ def check_with_model(point: Point, denoiser) -> None:
     from dode.learn import student_points
 
     name, nfe, ck = point.solver["name"], point.nfe, point.choices.checkpoint
+    configured = _shape(point.checkpoint) or _shape(point.dataset)
+    loaded = (getattr(denoiser, "channels", None), getattr(denoiser, "resolution", None))
+    if configured and all(isinstance(v, int) and v > 0 for v in loaded) and tuple(loaded) != configured:
+        raise UserError(f"the file of checkpoint {ck} holds a model of {_fmt(loaded)} images, but its config (or "
+                        f"the dataset {point.choices.dataset}) says {_fmt(configured)}: is it the right file?")
     try:
         spec, sigmas, plan = solver_grid(denoiser, name, nfe, point.solver.get("grid"))
     except ValueError as e:
@@ -244,14 +297,64 @@ def load_denoiser(point: Point, device: str) -> Any:
 
         den = instantiate({k: v for k, v in ck.items() if k not in META_KEYS})
     else:
-        from omegaconf import OmegaConf
-
-        from dode.models.checkpoints import load_checkpoint
-
-        den = load_checkpoint(OmegaConf.create(ck), device=device)
+        den = _load_file(point, device)
     if isinstance(den, torch.nn.Module):
         den = den.to(device).eval().requires_grad_(False)
     return den
+
+
+# what the file of each loader should be, for messages about a file that is not one
+FILE_KINDS = {
+    "ddpm": "a PyTorch state dict of a DDPM (the DDIM repository's model-<step>.ckpt)",
+    "adm": "a PyTorch state dict of guided-diffusion (ADM, <name>.pt)",
+    "diffusers": "a diffusers model folder (config.json and the weights) or its weights file",
+    "edm": "an EDM network pickle (network-snapshot-*.pkl / edm-*.pkl)",
+    "digits": "a PyTorch state dict made by scripts/train_digits.py",
+}
+
+
+class CheckpointFileError(UserError):
+    """A checkpoint file that is not what its loader reads (a text or HTML page, random bytes, …)."""
+
+
+def _load_file(point: Point, device: str) -> Any:
+    """``load_checkpoint`` of the point's checkpoint config; anything it raises becomes one message
+    naming the file and what it should be (never advice to unpickle it with code execution)."""
+    from omegaconf import OmegaConf
+
+    from dode.models.checkpoints import load_checkpoint, resolve_file
+
+    ck = point.checkpoint
+    try:
+        return load_checkpoint(OmegaConf.create(ck), device=device)
+    except Exception as e:  # noqa: BLE001 - the boundary of the loaders: every failure is the file's
+        if isinstance(e, UserError) and "weights_only" not in str(e):
+            raise  # the loader's own message already names the file
+        try:
+            where = resolve_file(ck) if (ck.get("file") or ck.get("path")) else None
+        except UserError:
+            where = None
+        loader = str(ck.get("loader"))
+        should = FILE_KINDS.get(loader, f"a file of the {loader!r} loader")
+        raise CheckpointFileError(f"checkpoint {point.choices.checkpoint}: cannot load {where or 'its file'}: it "
+                                  f"should be {should}, but {_what_file(where, e)}. Is it the right file, completely "
+                                  "downloaded?") from None
+
+
+def _what_file(path: Any, e: Exception) -> str:
+    """What a file that failed to load looks like: an HTML page, text, or else the loader's error."""
+    try:
+        head = path.read_bytes()[:512] if path is not None and path.is_file() else b""
+    except OSError:
+        head = b""
+    if head.lstrip()[:1] == b"<":
+        return "it is an HTML/XML page (a failed download or a login page?)"
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "it is a text file"
+    first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+    if "weights_only" in str(e) or not first:
+        return "it is not a readable checkpoint (unrecognised bytes)"
+    return f"reading it failed ({type(e).__name__}: {first})"
 
 
 def image_shape(point: Point, denoiser) -> tuple[int, int, int]:

@@ -1,13 +1,23 @@
-"""``<results_dir>/runs.csv`` — one row per (point, seed, metric) — and the summary table of a job."""
+"""``<results_dir>/runs.csv`` — one row per (point, seed, metric) — and the summary table of a job.
+
+runs.csv is an index: the run folders' metric files are the source of truth. It is read strictly
+(:func:`parse_runs`): a line with the wrong number of fields, a number that is not one, or a row
+cut off at the end of the file is reported with the file, the line and the fix, and never used;
+:func:`rebuild_runs` (``dode-report rebuild-runs RESULTS_DIR``) writes it anew from the run folders.
+"""
 from __future__ import annotations
 
+import csv
+import dataclasses
 import io
+import math
 from pathlib import Path
 from typing import Any
 
+from dode.errors import UserError
 from dode.runner.config import display_label
-from dode.runner.points import Point
-from dode.runner.store import file_lock, run_dir, write_atomic
+from dode.runner.points import Choices, Point
+from dode.runner.store import file_lock, read_json, run_dir, write_atomic
 
 RUNS_CSV = "runs.csv"
 KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
@@ -16,20 +26,79 @@ COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch"
            "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir"]
 
 
-def csv_row(point: Point, folder: Path, seed: int, result: dict, correction: Any) -> dict:
+class CorruptRunsCsv(UserError, ValueError):
+    """runs.csv holds a line that is not a row of it (the message names the file, the line and the fix)."""
+
+
+def fit_seconds_of(correction: Any) -> float | None:
+    """The ``fit_seconds`` of a correction's provenance (None for the base solver)."""
+    return (getattr(correction, "provenance", None) or {}).get("fit_seconds") if correction is not None else None
+
+
+def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: float | None) -> dict:
     """The runs.csv row of one seed of ``point`` (K, B and the fit seed only for fitted corrections)."""
     c = point.choices
     fits = point.fits
-    prov = getattr(correction, "provenance", None) or {}
     return {
         "dataset": c.dataset, "checkpoint": c.checkpoint, "solver": point.solver["name"],
         "distill": c.distill, "nfe": point.nfe, "scale": point.scale if fits else None,
         "batch": point.batch if fits else None, "seed": int(seed), "num_samples": point.num_samples,
         "metric": c.eval, "value": result["value"],
-        "fit_seconds": prov.get("fit_seconds") if correction is not None else None,
+        "fit_seconds": fit_seconds,
         "sample_seconds": result.get("sample_seconds"), "metric_seconds": result.get("metric_seconds"),
         "fit_seed": point.fit_seed if fits else None, "run_dir": str(folder),
     }
+
+
+def _rebuild_hint(path: Path) -> str:
+    return (f"runs.csv only indexes the run folders' metric files: rebuild it with "
+            f"`dode-report rebuild-runs {path.parent}` (or delete that line)")
+
+
+def _number(text: str, integer: bool) -> bool:
+    """Whether a field is empty or a number (an integer for ``integer``)."""
+    if text == "":
+        return True
+    try:
+        v = float(text)
+    except ValueError:
+        return False
+    return not integer or (math.isfinite(v) and v == int(v))
+
+
+def parse_runs(path: Path) -> None:
+    """Check every line of runs.csv: the header names the key columns, every row has as many fields
+    as the header and numbers where numbers belong, and the file ends with a newline (dode-run
+    always writes one: a file without it was cut off). A :class:`CorruptRunsCsv` names the first bad line."""
+    text = path.read_text(errors="replace")
+    lines = list(csv.reader(io.StringIO(text)))
+    header = lines[0] if lines else []
+    missing = [c for c in [*KEY_COLUMNS, "value"] if c not in header]
+    if missing:
+        raise CorruptRunsCsv(f"{path}, line 1: the header lacks the column(s) {', '.join(missing)} "
+                             f"(got {','.join(header)[:80]!r}); {_rebuild_hint(path)}")
+    numeric = {i: name in INT_COLUMNS for i, name in enumerate(header) if name in INT_COLUMNS or name == "value"}
+    truncated_end = not text.endswith("\n")
+    for n, fields in enumerate(lines[1:], start=2):
+        last = n == len(lines)
+        if not fields and not last:
+            continue  # a blank line (pandas skips it too)
+        if last and truncated_end:
+            bad = "the last row is cut off (the file ends mid-row)"
+        elif len(fields) != len(header):
+            bad = f"{len(fields)} fields where the header has {len(header)}"
+        else:
+            wrong = [header[i] for i, integer in numeric.items() if not _number(fields[i], integer)]
+            bad = f"not a number in column(s) {', '.join(wrong)}" if wrong else None
+        if bad:
+            raise CorruptRunsCsv(f"{path}, line {n}: {bad}: {','.join(fields)[:80]!r}; {_rebuild_hint(path)}")
+
+
+def check_runs(results_dir: str | Path) -> None:
+    """Before any work: ``<results_dir>/runs.csv``, when there is one, is readable (:func:`parse_runs`)."""
+    path = Path(results_dir) / RUNS_CSV
+    if path.is_file() and path.stat().st_size > 0:
+        parse_runs(path)
 
 
 def record(results_dir: str | Path, rows: list[dict]) -> None:
@@ -43,6 +112,7 @@ def record(results_dir: str | Path, rows: list[dict]) -> None:
     new = pd.DataFrame(rows)
     with file_lock(path.with_name(f".{RUNS_CSV}.lock")):
         if path.exists() and path.stat().st_size > 0:
+            parse_runs(path)
             old = pd.read_csv(path)
             keys = set(new[KEY_COLUMNS].astype(str).itertuples(index=False, name=None))
             keep = ~pd.Series(list(old[KEY_COLUMNS].astype(str).itertuples(index=False, name=None))).isin(keys).values
@@ -50,21 +120,73 @@ def record(results_dir: str | Path, rows: list[dict]) -> None:
             table = pd.concat(both, ignore_index=True)
         else:
             table = new
-        for col in INT_COLUMNS:  # nullable integers: the base solver has no K, B or fit seed
-            if col in table.columns:
-                table[col] = pd.to_numeric(table[col]).astype("Int64")
-        cols = [c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]
-        buf = io.StringIO()
-        table[cols].to_csv(buf, index=False)
-        write_atomic(path, buf.getvalue().encode())
+        _write_table(path, table)
+
+
+def _write_table(path: Path, table: Any) -> None:
+    import pandas as pd
+
+    for col in INT_COLUMNS:  # nullable integers: the base solver has no K, B or fit seed
+        if col in table.columns:
+            table[col] = pd.to_numeric(table[col]).astype("Int64")
+    cols = [c for c in COLUMNS if c in table.columns] + [c for c in table.columns if c not in COLUMNS]
+    buf = io.StringIO()
+    table[cols].to_csv(buf, index=False)
+    write_atomic(path, buf.getvalue().encode())
 
 
 def read_runs(results_dir: str | Path) -> Any:
-    """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none)."""
+    """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none);
+    a corrupt file is a :class:`CorruptRunsCsv`."""
     import pandas as pd
 
     path = Path(results_dir) / RUNS_CSV
-    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COLUMNS)
+    if not path.exists():
+        return pd.DataFrame(columns=COLUMNS)
+    check_runs(results_dir)
+    return pd.read_csv(path)
+
+
+def folder_rows(results_dir: Path, folder: Path) -> list[dict]:
+    """The runs.csv rows of one run folder, from its run.json, lambdas.json and metric files
+    (for a key written by several metric files, the newest)."""
+    info = read_json(folder / "run.json")
+    if not isinstance(info, dict) or not isinstance(info.get("point"), dict):
+        return []
+    d = info["point"]
+    point = Point(**{**d, "choices": Choices(**d["choices"]), "seeds": tuple(d["seeds"])})
+    lam = read_json(folder / "lambdas.json") if point.method.fit is not None else None
+    fit_seconds = (lam.get("provenance") or {}).get("fit_seconds") if isinstance(lam, dict) else None
+    rows: dict[tuple, tuple[int, dict]] = {}
+    for path in folder.glob("seed-*/metrics/*.json"):
+        result = read_json(path)
+        if not isinstance(result, dict) or not {"value", "seed", "num_samples", "metric"} <= set(result):
+            continue
+        p = dataclasses.replace(point, num_samples=int(result["num_samples"]),
+                                choices=dataclasses.replace(point.choices, eval=str(result["metric"])))
+        row = csv_row(p, Path(results_dir) / folder.relative_to(results_dir), int(result["seed"]), result, fit_seconds)
+        key = tuple(str(row[k]) for k in KEY_COLUMNS)
+        mtime = path.stat().st_mtime_ns
+        if key not in rows or rows[key][0] < mtime:
+            rows[key] = (mtime, row)
+    return [row for _, row in rows.values()]
+
+
+def rebuild_runs(results_dir: str | Path) -> int:
+    """Write ``<results_dir>/runs.csv`` anew from the run folders (``<dataset>/<checkpoint>/<run>/``)
+    and their metric files, which are the source of truth; returns the number of rows. The rows are
+    those dode-run recorded (in run-folder, seed order)."""
+    import pandas as pd
+
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise UserError(f"{results} is not a folder (give the results_dir of dode-run, e.g. results)")
+    rows = [r for f in sorted(p.parent for p in results.glob("*/*/*/run.json")) for r in folder_rows(results, f)]
+    rows.sort(key=lambda r: (r["run_dir"], r["seed"], r["num_samples"], r["metric"]))
+    path = results / RUNS_CSV
+    with file_lock(path.with_name(f".{RUNS_CSV}.lock")):
+        _write_table(path, pd.DataFrame(rows, columns=COLUMNS))
+    return len(rows)
 
 
 def summary(points: list[Point], table: Any = None) -> str:

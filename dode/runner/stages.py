@@ -24,10 +24,11 @@ import torch
 from dode.errors import UserError
 from dode.runner.distributed import Context
 from dode.runner.points import META_KEYS, Point, check_with_model, image_shape, load_denoiser
-from dode.runner.results import csv_row, record
+from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.runner.seeds import eval_block, fit_block, make_noise, set_labels
-from dode.runner.store import (FORMAT, Manifest, RunLog, encode_shard, eval_id, file_lock, read_json, remove_stale_tmp,
-                               run_dir, run_spec, sha256_bytes, shard_plan, temp_path, write_atomic, write_json)
+from dode.runner.store import (FORMAT, Manifest, RunLog, encode_shard, eval_id, file_lock, read_json,
+                               remove_stale_tmp, run_dir, run_key, run_spec, sha256_bytes, shard_plan, temp_path,
+                               write_atomic, write_json)
 
 
 # ------------------------------------------------------------------------------------------- fit
@@ -98,10 +99,11 @@ def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: 
     samples = folder / f"seed-{seed}" / "samples"
     samples.mkdir(parents=True, exist_ok=True)
     block = eval_block(seed)
+    key = run_key(point)
     manifest = Manifest(samples, {
         "format": FORMAT, "run_dir": str(folder), "seed": seed, "seed_block": block, "shape": list(shape),
         "rng": "per sample i: torch.Generator().manual_seed(seed_block·10^7 + i); noise = randn(C, H, W)"
-               " (then its label for conditional models)"})
+               " (then its label for conditional models)"}, run=key)
     entries = manifest.read()["shards"]
     mine = [sh for sh in shard_plan(point.num_samples, point.shard_size) if sh.index % ctx.world == ctx.rank]
     grid = sampling_grid(point, correction)
@@ -109,7 +111,8 @@ def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: 
     for sh in mine:
         status, _ = manifest.check(sh, seed, entries)
         if status == "corrupt":
-            rlog(f"seed {seed}: {sh.name} is corrupted or truncated; regenerating it", level=logging.WARNING)
+            rlog(f"seed {seed}: {sh.name} is corrupted or truncated (or not a shard of this run); regenerating it",
+                 level=logging.WARNING)
         if status in ("missing", "corrupt"):
             todo.append(sh)
     if todo:
@@ -128,7 +131,7 @@ def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: 
                                lambdas=correction, grid=grid)
                 parts.append(to_uint8(x))
                 bar.update(len(idx))
-            data = encode_shard(np.concatenate(parts), np.arange(sh.start, sh.stop), seed)
+            data = encode_shard(np.concatenate(parts), np.arange(sh.start, sh.stop), seed, key)
             write_atomic(samples / sh.name, data)
             manifest.add(sh, {"start": sh.start, "stop": sh.stop, "seed": seed, "sha256": sha256_bytes(data),
                               "bytes": len(data), "seconds": round(time.perf_counter() - start, 4),
@@ -144,7 +147,7 @@ def load_samples(point: Point, folder: Path, seed: int) -> tuple[np.ndarray, str
     """(all images of ``seed`` in index order, digest of the shard hashes, summed sampling seconds);
     every shard is checked against the manifest."""
     samples = folder / f"seed-{seed}" / "samples"
-    manifest = Manifest(samples, {})
+    manifest = Manifest(samples, {}, run=run_key(point))
     entries = manifest.read()["shards"]
     images, digest, seconds = [], hashlib.sha256(), 0.0
     for sh in shard_plan(point.num_samples, point.shard_size):
@@ -259,7 +262,7 @@ def run_point(point: Point, denoiser, ctx: Context, weights: str | None = None) 
             generate_stage(point, folder, seed, denoiser, correction, ctx, rlog, shape)
             if ctx.main:
                 result = metric_stage(point, folder, seed, rlog, ctx.device)
-                row = csv_row(point, folder, seed, result, correction)
+                row = csv_row(point, folder, seed, result, fit_seconds_of(correction))
                 record(point.results_dir, [row])
                 rows.append(row)
         ctx.barrier()

@@ -19,6 +19,7 @@ and two different configurations never share one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
@@ -33,6 +34,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from dode.errors import UserError
 from dode.runner.points import Point
 
 log = logging.getLogger("dode.runner")
@@ -75,6 +77,12 @@ def run_spec(point: Point) -> dict:
 def safe_name(name: str) -> str:
     """``name`` with every character but letters, digits and ``-_.+`` replaced by ``_``."""
     return "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(name))
+
+
+def run_key(point: Point) -> str:
+    """The full SHA-256 of :func:`run_spec` (its first 8 digits end the folder name): the run a
+    shard or manifest belongs to."""
+    return hashlib.sha256(json.dumps(run_spec(point), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_dir(point: Point) -> Path:
@@ -137,14 +145,38 @@ def remove_stale_tmp(folder: Path) -> int:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then ``os.replace``."""
+    """Write to a temporary file in the same folder, fsync, then ``os.replace``; on failure (a full
+    disk) the temporary file is removed and ``path`` is left as it was."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class DiskError(UserError):
+    """A results folder that cannot be written (read-only, no permission, full)."""
+
+
+DISK_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_error(e: OSError) -> DiskError | None:
+    """The one-line :class:`DiskError` of a write that failed for lack of space or permission
+    (naming the path), or None for any other ``OSError``."""
+    if e.errno not in DISK_ERRNOS:
+        return None
+    where = e.filename or "the results folder"
+    why = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else "it is read-only or not writable"
+    return DiskError(f"cannot write {where}: {why} ({e.strerror}). Everything finished before is kept and "
+                     "complete; free space or make the folder writable (or choose results_dir=…), then rerun "
+                     "the same command to finish.")
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -201,22 +233,30 @@ def shard_plan(num_samples: int, shard_size: int) -> list[Shard]:
     return [Shard(k, s, min(s + shard_size, num_samples)) for k, s in enumerate(range(0, num_samples, shard_size))]
 
 
-def encode_shard(images: np.ndarray, indices: np.ndarray, seed: int) -> bytes:
-    """The ``.npz`` bytes of a shard: images, their sample indices and the seed."""
+def encode_shard(images: np.ndarray, indices: np.ndarray, seed: int, run: str | None = None) -> bytes:
+    """The ``.npz`` bytes of a shard: images, their sample indices, the seed and the run key
+    (:func:`run_key`, when given)."""
     buf = io.BytesIO()
-    np.savez(buf, images=images, indices=indices.astype(np.int64), seed=np.int64(seed))
+    extra = {"run": np.str_(run)} if run is not None else {}
+    np.savez(buf, images=images, indices=indices.astype(np.int64), seed=np.int64(seed), **extra)
     return buf.getvalue()
 
 
-def decode_shard(data: bytes, shard: Shard, seed: int) -> np.ndarray | None:
-    """The images of a shard file's bytes, or None when it is not a complete shard of ``shard``."""
+def decode_shard(data: bytes, shard: Shard, seed: int, run: str | None = None,
+                 keyless: bool = True) -> np.ndarray | None:
+    """The images of a shard file's bytes, or None when it is not a complete shard of ``shard``:
+    its header must name this seed, exactly the shard's sample indices and — when ``run`` is given —
+    this run key; a shard without a run key (written before shards carried one) passes only when
+    ``keyless``."""
     try:
         with np.load(io.BytesIO(data)) as z:
             images, indices, s = z["images"], z["indices"], int(z["seed"])
+            key = str(z["run"]) if "run" in z.files else None
     except Exception:  # truncated / corrupted zip, missing member, …
         return None
     ok = (images.dtype == np.uint8 and images.ndim == 4 and len(images) == len(shard) and s == seed
-          and np.array_equal(indices, np.arange(shard.start, shard.stop)))
+          and np.array_equal(indices, np.arange(shard.start, shard.stop))
+          and (run is None or key == run or (key is None and keyless)))
     return images if ok else None
 
 
@@ -224,14 +264,21 @@ class Manifest:
     """``samples/manifest.json``: the complete shards of one (run, seed) with their sha256.
 
     Updated under an ``fcntl`` lock with an atomic replace, so processes may add shards at once.
+    With a ``run`` key (:func:`run_key`), a manifest naming another run counts as empty, and a
+    shard file the manifest does not list is adopted only if its header names this run, seed and
+    indices (shards listed before run keys existed stay valid through their sha256).
     """
 
-    def __init__(self, folder: Path, header: dict) -> None:
-        self.folder, self.path, self.header = folder, folder / "manifest.json", header
+    def __init__(self, folder: Path, header: dict, run: str | None = None) -> None:
+        self.folder, self.path, self.run = folder, folder / "manifest.json", run
+        self.header = {**header, "run": run} if run is not None else header
 
     def read(self) -> dict:
         data = read_json(self.path)
-        return data if isinstance(data, dict) and isinstance(data.get("shards"), dict) else {"shards": {}}
+        ok = isinstance(data, dict) and isinstance(data.get("shards"), dict)
+        if not ok or (self.run is not None and data.get("run", self.run) != self.run):
+            return {"shards": {}}
+        return data
 
     def add(self, shard: Shard, entry: dict) -> None:
         with file_lock(self.folder / ".manifest.lock"):
@@ -252,9 +299,9 @@ class Manifest:
         entry = entries.get(shard.name)
         digest = sha256_bytes(data)
         if entry is not None and entry.get("sha256") == digest:
-            images = decode_shard(data, shard, seed)
+            images = decode_shard(data, shard, seed, self.run)
             return ("complete", images) if images is not None else ("corrupt", None)
-        images = decode_shard(data, shard, seed) if entry is None else None
+        images = decode_shard(data, shard, seed, self.run, keyless=False) if entry is None else None
         if images is None:
             return "corrupt", None
         self.add(shard, {"start": shard.start, "stop": shard.stop, "seed": seed, "sha256": digest,

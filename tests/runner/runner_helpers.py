@@ -5,12 +5,14 @@ The end-to-end tests run the runner on an analytic model (a Gaussian mixture on 
 discrete VP model, from :mod:`dode.core.oracle`) and a trivial metric, both given to the runner
 through ``_target_`` configs in a temporary config folder (``hydra.searchpath``).
 ``DODE_TEST_DELAY`` slows every model call so a run can be interrupted midway; it changes no
-number, so slow and fast runs share their run folders.
+number, so slow and fast runs share their run folders. ``DODE_TEST_KILL=<file>``: the first process
+to call the model creates that file and kills itself (SIGKILL), as a worker killed by the system.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,10 +38,17 @@ def oracle(vp: bool = True, res: int = 4):
     mix = GaussianMixture(torch.rand(3, 1, res, res, generator=g) * 1.6 - 0.8 + shift, stds=[0.1, 0.2, 0.15])
     den = mix.as_vp() if vp else mix
     delay = float(os.environ.get("DODE_TEST_DELAY", 0))
-    if delay:
+    kill = os.environ.get("DODE_TEST_KILL")
+    if delay or kill:
         forward = den.forward
 
         def slow(x, sigma):
+            if kill:
+                try:
+                    os.close(os.open(kill, os.O_CREAT | os.O_EXCL))
+                    os.kill(os.getpid(), signal.SIGKILL)
+                except FileExistsError:
+                    pass
             time.sleep(delay)
             return forward(x, sigma)
 
