@@ -123,7 +123,7 @@ def _ablation_table(d: pd.DataFrame, dode: pd.DataFrame, info: Selection, opt: O
         rows.append([f"{symbol} = {v}"] + cells)
     base = d[d["distill"] == "none"]
     if not base.empty:
-        rows.append(["DDIM (no λ)"] + [cell(base[base["nfe"] == n]).text for n in nfes])
+        rows.append([f"{method_label('ddim', 'none')} (no λ)"] + [cell(base[base["nfe"] == n]).text for n in nfes])
     capped_note = (f"† K·N > T = {T}: the runner refuses a teacher longer than the model's T timesteps. The paper "
                    "notes that at NFE 50 \"scales 20 and 30 ... generate samples guided by the same teacher\" (the "
                    "teacher capped at T); the value shown in parentheses is therefore the K = T // NFE run's.")
@@ -167,7 +167,8 @@ def table_lookahead(runs: pd.DataFrame, opt: Options) -> list[Path]:
     if len(grid):
         refs = {dist: {n: stats(rows_of(d, distill=dist, nfe=n)["value"].astype(float))[0] for n in nfes}
                 for dist in ("none", "dode")}
-        out += figures.lambda_grid(grid, refs, nfes, metric_label(info.metric),
+        labels = {dist: method_label("ddim", dist) for dist in ("fixed", "lookahead", "none", "dode")}
+        out += figures.lambda_grid(grid, refs, nfes, labels, metric_label(info.metric),
                                    f"Grid search of one λ — {opt.dataset} · {ck} (paper Fig. 8b/c analogue)",
                                    opt.figures / stem("lookahead-grid", opt, ck))
     return out

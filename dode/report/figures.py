@@ -137,20 +137,22 @@ def learned_vs_nfe(curves: pd.DataFrame, solver: str, methods: Sequence[str], re
     return save(fig, stem)
 
 
-def lambda_grid(grid: pd.DataFrame, refs: dict, nfes: list[int], ylabel: str, title: str, stem: Path) -> list[Path]:
-    """Metric vs the one λ of Fixed-D-DDIM and LA-DDIM per NFE, DDIM and D-DDIM dotted."""
+def lambda_grid(grid: pd.DataFrame, refs: dict, nfes: list[int], labels: dict[str, str], ylabel: str, title: str,
+                stem: Path) -> list[Path]:
+    """Metric vs the one λ of Fixed-D-DDIM and LA-DDIM per NFE, DDIM and D-DDIM dotted (``labels``:
+    the display name of each of ``fixed``, ``lookahead``, ``none``, ``dode``)."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(nfes), figsize=(3.4 * len(nfes), 3.2), squeeze=False)
     for ax, n in zip(axes[0], nfes):
-        for dist, c, label in (("fixed", COLORS[1], "Fixed-D-DDIM"), ("lookahead", COLORS[2], "LA-DDIM")):
+        for dist, c in (("fixed", COLORS[1]), ("lookahead", COLORS[2])):
             g = grid[(grid["distill"] == dist) & (grid["nfe"] == n)].sort_values("lam")
             if len(g):
                 ax.errorbar(g["lam"], g["mean"], yerr=g["std"].fillna(0), color=c, marker="o", ms=3, capsize=2,
-                            label=label)
-        for dist, c, label in (("none", "k", "DDIM"), ("dode", COLORS[0], "D-DDIM")):
+                            label=labels[dist])
+        for dist, c in (("none", "k"), ("dode", COLORS[0])):
             v = refs.get(dist, {}).get(n)
             if v is not None and np.isfinite(v):
-                ax.axhline(v, color=c, ls=":", lw=1.2, label=label)
+                ax.axhline(v, color=c, ls=":", lw=1.2, label=labels[dist])
         _log_y(ax, list(grid[grid["nfe"] == n]["mean"]) + [v.get(n, np.nan) for v in refs.values()])
         ax.set_title(f"NFE {n}", fontsize=9)
         ax.set_xlabel("λ")

@@ -36,6 +36,7 @@ def method_label(solver: str, distill: str) -> str:
 def reference_label(solver: str, nfe: int) -> str:
     """A reference solver run: ``"DDIM, 1000 steps (NFE 1000)"``; Heun spends 2 NFE per step but the
     last: ``"EDM (Heun), 200 steps (NFE 399)"``."""
-    heun = solver == "heun"
-    steps = (nfe + 1) // 2 if heun else nfe
-    return f"{'EDM (Heun)' if heun else solver_label(solver)}, {steps} steps (NFE {nfe})"
+    from dode.core.solvers import get_solver
+
+    steps = len(get_solver(solver).plan(nfe, True))
+    return f"{'EDM (Heun)' if solver == 'heun' else solver_label(solver)}, {steps} steps (NFE {nfe})"
