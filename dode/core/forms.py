@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
+import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -208,10 +209,11 @@ class Correction:
         return {"form": self.form, "space": self.space, "theta": theta, "provenance": self.provenance}
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON atomically (temporary file, then rename)."""
+        """Write JSON atomically: a temporary ``.<name>.<host>.<pid>.tmp`` (the pattern the runner
+        clears after a crash), then a rename."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=1))
         tmp.replace(path)
         return path

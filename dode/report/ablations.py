@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from dode.report import figures
-from dode.report.data import Selection, select, stats
+from dode.report.data import ONE_LAMBDA, Selection, select, stats
 from dode.report.labels import method_label, metric_label
 from dode.report.options import Options
 from dode.report.protocol import protocol, timesteps_of
@@ -23,7 +23,6 @@ PAPER_TABLE2 = {"none": (18.85, 9.79, 7.17), "dode_sep": (79.21, 26.40, 11.50), 
 PAPER_TABLE4 = {"none": (18.85, 9.79, 7.17), "dode": (8.67, 8.18, 6.55), "fixed": (11.45, 7.00, 5.27),
                 "lookahead": (15.24, 8.57, 6.29)}
 PAPER_NFE = ["NFE", 10, 25, 50]   # the header of the published tables
-ONE_LAMBDA = ("fixed", "lookahead")
 
 
 def _published(values: dict[str, tuple], title: str, caption: str) -> Table:

@@ -18,6 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from dode.errors import UserError
 from dode.report.options import Options
 from dode.report.protocol import SolverNFE, parse_solver_nfe, protocol
 from dode.report.render import ARTIFACTS, render
@@ -165,10 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return query(argv[1:])
     if argv[:1] == ["rebuild-runs"]:
         return rebuild_runs(argv[1:])
-    a = parser().parse_args(argv)
     try:
+        a = parser().parse_args(argv)
         files = render(a.what or list(ARTIFACTS), options(a))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, UserError) as e:
         print(f"dode.report: error: {e}", file=sys.stderr)
         return 2
     if not files:

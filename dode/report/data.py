@@ -28,20 +28,25 @@ class Selection:
     num_samples: int | None = None
 
 
+ONE_LAMBDA = ("fixed", "lookahead")  # distill options with one λ for every step, chosen by a grid search
+
+
 def load_runs(results: str | Path) -> pd.DataFrame:
     """``<results>/runs.csv`` with a ``lam`` column (the one λ of ``fixed``/``lookahead`` runs, read
     from their run folders) and a resolved ``run_path``."""
+    from dode.runner.results import RUNS_CSV, read_runs  # strict: a corrupt file names its bad line
+
     results = Path(results)
-    path = results / "runs.csv"
+    path = results / RUNS_CSV
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the sweeps first (`make paper`, docs/runner.md)")
-    df = pd.read_csv(path)
+    df = read_runs(results)
     if df.empty:
         return df
     df["run_path"] = [str(_resolve_run_dir(r, results)) for r in df["run_dir"].astype(str)]
     if "lam" not in df.columns:
         df["lam"] = np.nan
-    need = df["lam"].isna() & df["distill"].isin(["fixed", "lookahead"])
+    need = df["lam"].isna() & df["distill"].isin(ONE_LAMBDA)
     cache: dict[str, float] = {}
     for i in df.index[need]:
         p = df.at[i, "run_path"]

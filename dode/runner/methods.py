@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor
 
-from dode import Correction
+from dode.core.forms import Correction
 from dode.errors import UserError
 from dode.learn import fit_correction, fit_iia, fit_s4s, fit_s4s_alt
 

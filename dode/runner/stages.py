@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from dode.runner.points import META_KEYS, Point, check_with_model, image_shape, 
 from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.runner.seeds import eval_block, fit_block, make_noise, set_labels
 from dode.runner.store import (FORMAT, Manifest, RunLog, encode_shard, eval_id, file_lock, read_json,
-                               remove_stale_tmp, run_dir, run_key, run_spec, sha256_bytes, shard_plan, temp_path,
+                               remove_stale_tmp, run_dir, run_key, run_spec, sha256_bytes, shard_plan,
                                write_atomic, write_json)
 
 
@@ -68,9 +67,7 @@ def fit_stage(point: Point, folder: Path, denoiser, ctx: Context, rlog: RunLog, 
             seconds = time.perf_counter() - start
             if hasattr(corr, "provenance") and isinstance(corr.provenance, dict):
                 corr.provenance.setdefault("fit_seconds", seconds)
-            tmp = temp_path(path)
-            corr.save(tmp)
-            os.replace(tmp, path)
+            corr.save(path)  # atomic (temporary file, then rename)
             rlog(f"fit: {point.choices.distill} in {seconds:.1f} s → lambdas.json")
     ctx.barrier()
     return method.load(path)
