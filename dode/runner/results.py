@@ -23,7 +23,7 @@ RUNS_CSV = "runs.csv"
 KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples",
-           "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir"]
+           "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode"]
 
 
 class CorruptRunsCsv(UserError, ValueError):
@@ -47,6 +47,7 @@ def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: fl
         "fit_seconds": fit_seconds,
         "sample_seconds": result.get("sample_seconds"), "metric_seconds": result.get("metric_seconds"),
         "fit_seed": point.fit_seed if fits else None, "run_dir": str(folder),
+        "mode": result.get("mode"),  # the FID mode (clean, legacy_tensorflow, legacy_pytorch); none for FD-digits
     }
 
 

@@ -159,9 +159,9 @@ def load_samples(point: Point, folder: Path, seed: int) -> tuple[np.ndarray, str
 
 
 def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool) -> dict:
-    """``{"value": float, "mu": …, "sigma": …}`` of uint8 images (N, H, W, C) under the ``eval``
-    config: :mod:`dode.eval.metrics` (features, then the Fréchet distance), or a callable ``_target_``
-    returning a float or such a dict."""
+    """``{"value": float, "mu": …, "sigma": …}`` (and, for FID, its ``mode``) of uint8 images
+    (N, H, W, C) under the ``eval`` config: :mod:`dode.eval.metrics` (features, then the Fréchet
+    distance), or a callable ``_target_`` returning a float or such a dict."""
     ev = point.eval
     if "_target_" in ev:
         from hydra.utils import instantiate
@@ -174,9 +174,7 @@ def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool
         name, kw = point.metric_name(), point.metric_kwargs(device)
         metrics.reference_stats(name, **kw)  # a missing reference fails before the features
         feats = metrics.extract_features(name, images, progress=progress, **kw)
-        mu, sigma = metrics.feature_stats(feats)
-        out = {"value": metrics.score_features(name, feats, **kw), "mu": mu, "sigma": sigma,
-               "feature_dim": int(feats.shape[1])}
+        out = metrics.evaluate_features(name, feats, **kw).as_dict()
     out["value"] = float(out["value"])
     return out
 

@@ -40,7 +40,8 @@ from dode.runner.points import Point
 log = logging.getLogger("dode.runner")
 
 FORMAT = 1
-NOT_HASHED = {"label", "path", "description", "doc", "_doc", "source"}  # config keys that change no image
+# config keys that change no image or metric value (names, documentation, where a file is)
+NOT_HASHED = {"label", "path", "description", "doc", "_doc", "source", "inception_weights"}
 
 
 # ------------------------------------------------------------------------------------ names, hashes

@@ -286,7 +286,7 @@ def test_shards_without_run_key_stay_valid_when_listed_but_are_not_adopted(tmp_p
 
 # ------------------------------------------------------------------------------------- runs.csv
 CORRUPTIONS = [
-    ("truncated last row", lambda t: t[: t.rindex(",") + 3], "the last row is cut off"),
+    ("truncated last row", lambda t: t[: t.rstrip("\n").rindex("\n") + 21], "the last row is cut off"),
     ("a line of junk", lambda t: t.replace("\n", "\nnot,a,row\n", 1), "line 2: 3 fields"),
     ("text in a number", lambda t: t.replace(",4,", ",four,", 1), "not a number in column(s) nfe"),
     ("no header", lambda t: t[t.index("\n") + 1:], "line 1: the header lacks"),
