@@ -145,7 +145,26 @@ def check_group_options(argv: list[str], conf: Path) -> str | None:
     return None
 
 
+def check_launcher_plugin(argv: list[str]) -> str | None:
+    """A message when ``hydra/launcher=submitit_*`` is asked for but Hydra's submitit launcher is not
+    installed (Hydra itself would only say it cannot find the config), else None."""
+    import importlib.util
+
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key.lstrip("+~") == "hydra/launcher" and any(v.startswith("submitit") for v in value.split(",")):
+            try:
+                found = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is not None
+            except ModuleNotFoundError:  # no hydra_plugins package at all
+                found = False
+            if not found:
+                return (f"`{arg}` needs Hydra's submitit launcher, which is not installed: "
+                        "pip install -e \".[cluster]\" (or pip install hydra-submitit-launcher); docs/runner.md")
+    return None
+
+
 def main() -> None:
+    """``dode-run``: checks the command line, then runs the Hydra app (one job, or a sweep's jobs)."""
     import hydra
 
     try:
@@ -153,7 +172,8 @@ def main() -> None:
     except UserError as e:
         print(f"dode-run: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    msg = check_group_options(sys.argv[1:], conf) or check_argv_keys(sys.argv[1:], conf)
+    msg = (check_launcher_plugin(sys.argv[1:]) or check_group_options(sys.argv[1:], conf)
+           or check_argv_keys(sys.argv[1:], conf))
     if msg:
         print(f"dode-run: error: {msg}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def fit_stage(point: Point, folder: Path, denoiser, ctx: Context, rlog: RunLog, 
             }
             start = time.perf_counter()
             with torch.enable_grad():  # gradient-based fits (S4S) need it; closed-form ones make no graph
-                corr = method.fit(denoiser, noise.to(ctx.device), point, point.progress, provenance)
+                corr = method.fit(denoiser, noise.to(ctx.device), point, show_progress(point), provenance)
             seconds = time.perf_counter() - start
             if hasattr(corr, "provenance") and isinstance(corr.provenance, dict):
                 corr.provenance.setdefault("fit_seconds", seconds)
@@ -84,7 +85,7 @@ def sampling_grid(point: Point, correction: Any) -> Any:
 def _bar(total: int, desc: str, point: Point, ctx: Context):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not (ctx.main and point.progress))
+    return tqdm(total=total, desc=desc, unit="img", leave=False, disable=not (ctx.main and show_progress(point)))
 
 
 def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: Any, ctx: Context, rlog: RunLog,
@@ -158,6 +159,12 @@ def load_samples(point: Point, folder: Path, seed: int) -> tuple[np.ndarray, str
     return np.concatenate(images), digest.hexdigest(), seconds
 
 
+def show_progress(point: Point) -> bool:
+    """Progress bars only when asked for (``progress``) and stderr is a terminal: in a log file or a
+    pipe they are noise (the run log has a line per stage and seed)."""
+    return bool(point.progress) and sys.stderr.isatty()
+
+
 def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool) -> dict:
     """``{"value": float, "mu": …, "sigma": …}`` (and, for FID, its ``mode``) of uint8 images
     (N, H, W, C) under the ``eval`` config: :mod:`dode.eval.metrics` (features, then the Fréchet
@@ -190,7 +197,7 @@ def metric_stage(point: Point, folder: Path, seed: int, rlog: RunLog, device: st
         rlog(f"seed {seed}: {eid} complete, skipped", console=False)
         return done
     start = time.perf_counter()
-    out = compute_metric(images, point, device, point.progress)
+    out = compute_metric(images, point, device, show_progress(point))
     seconds = round(time.perf_counter() - start, 4)
     features = {k: out.pop(k) for k in list(out) if isinstance(out[k], (np.ndarray, torch.Tensor))}
     result = {"metric": point.choices.eval, "value": out.pop("value"), "seed": seed, "num_samples": point.num_samples,

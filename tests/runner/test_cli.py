@@ -42,3 +42,19 @@ def test_unregistered_distill_kind_is_explained(tiny_conf, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "distill kind 'nope' is not registered; valid kinds: none, dode, fixed, iia, s4s, s4s_alt" in err
     assert "Traceback" not in err
+
+
+def test_a_submitit_launcher_that_is_not_installed_names_the_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    from dode.runner.cli import check_launcher_plugin
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("hydra_plugins") else real(name, *a))
+    assert run_main("-m", "hydra/launcher=submitit_slurm", "launcher=slurm", "nfe=5") == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[cluster]"' in err and "submitit_slurm" in err and "Traceback" not in err
+    assert check_launcher_plugin(["hydra/launcher=basic", "nfe=5"]) is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # installed
+    assert check_launcher_plugin(["hydra/launcher=submitit_local"]) is None

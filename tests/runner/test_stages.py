@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dode.runner.points import build_points
 from dode.runner.results import read_runs
 from dode.runner.stages import weights_digest
 from dode.runner.store import read_json
-from runner_helpers import (ROOT, cmd, csv_values, digests, dode_run, env, manifest_count, oracle, run_main,
-                            shards)
+from runner_helpers import (CHOICES, ROOT, cmd, csv_values, digests, dode_run, env, manifest_count, oracle,
+                            point_cfg, run_main, shards)
 
 
 def test_digits_model_and_fd_digits_end_to_end(tmp_path, capsys):
@@ -188,3 +189,17 @@ def test_default_run_on_digits_finishes(tmp_path):
     assert "D-DDIM (dode)" in r.stdout and "ddim" in r.stdout
     assert len(read_runs(tmp_path)) == 2 * 2 * 3
     print(f"default run: {time.time() - start:.0f} s")
+
+
+def test_progress_bars_only_on_a_terminal(tiny_conf, tmp_path, capsys, monkeypatch):
+    """progress=true draws tqdm bars on a terminal only; in a log or pipe (here: captured) stderr stays
+    free of them, the run log's lines remain."""
+    from dode.runner.stages import show_progress
+
+    assert dode_run(tiny_conf, tmp_path / "log", "progress=true", "compare_base=false") == 0
+    err = capsys.readouterr().err
+    assert "img/s" not in err and "it/s" not in err and "%|" not in err, err[-500:]
+    point = build_points(point_cfg(tmp_path, progress=True), CHOICES)[0]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert show_progress(point)
+    assert not show_progress(build_points(point_cfg(tmp_path, progress=False), CHOICES)[0])
