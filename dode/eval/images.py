@@ -21,6 +21,29 @@ def _decode(data: bytes) -> np.ndarray:
     return np.array(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+class ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles plain data — dicts, lists, bytes, numbers and numpy arrays — and refuses every other
+    class a pickle names, so no code in a data file ever runs (CIFAR's python batches are pickles)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, and a data file may hold only arrays, "
+                                         "lists, dicts, bytes and numbers")
+        return super().find_class(module, name)
+
+
+def load_data_pickle(file, what: str):
+    """The data in a pickle ``file`` through :class:`ArraysOnlyUnpickler` (bytes keys kept); a refused
+    or broken file is a UserError naming ``what``."""
+    try:
+        return ArraysOnlyUnpickler(file, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise UserError(f"{what}: not a plain-data pickle ({e}); refused, nothing in it was run") from None
+
+
 def _cifar_batches(tar: tarfile.TarFile, split: str) -> np.ndarray | None:
     """The images of a CIFAR-10/100 *python* archive (``cifar-10-python.tar.gz``), or None."""
     names = [m for m in tar.getmembers() if m.isfile()]
@@ -30,7 +53,7 @@ def _cifar_batches(tar: tarfile.TarFile, split: str) -> np.ndarray | None:
         return None
     arrays = []
     for m in batches:
-        d = pickle.load(tar.extractfile(m), encoding="bytes")
+        d = load_data_pickle(tar.extractfile(m), f"{tar.name}: {m.name}")
         arrays.append(np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return np.concatenate(arrays)
 

@@ -70,7 +70,7 @@ def lpips_distance(weights: str | Path | None, net: str = "vgg", resize: int | N
     except ImportError:
         raise UserError("distance='lpips' needs the lpips package: pip install lpips") from None
     model = lpips.LPIPS(net=net, pretrained=False, pnet_rand=True, verbose=False)
-    model.load_state_dict(torch.load(weights, map_location="cpu"))
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -209,3 +209,32 @@ def test_inception_fid_end_to_end(tmp_path, no_network):
     assert metrics.compute_metric("fid", imgs, ref_stats=str(out)) == pytest.approx(0.0, abs=1e-2)
     other = np.clip(imgs.astype(int) // 2, 0, 255).astype(np.uint8)
     assert metrics.compute_metric("fid", other, ref_stats=str(out)) > 1.0
+
+
+class _Payload:
+    """A pickle that runs code when loaded (os.system touching a file)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_archive_that_would_run_code_is_refused_and_nothing_runs(tmp_path):
+    """CIFAR python batches are pickles: only plain data is unpickled (issue 13, item 1's make-stats)."""
+    marker = tmp_path / "PWNED"
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    data = np.zeros((2, 3 * 32 * 32), dtype=np.uint8)
+    (root / "data_batch_1").write_bytes(pickle.dumps({b"data": data, b"labels": _Payload(marker)}, protocol=2))
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": []}, protocol=2))
+    with tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+    with pytest.raises(UserError, match=r"data_batch_1: not a plain-data pickle \(it names (posix|os)\.system"):
+        metrics.read_images(tmp_path / "evil.tar.gz")
+    assert not marker.exists()
+    assert metrics.main(["make-stats", "--name", "x", "--source", str(tmp_path / "evil.tar.gz")]) == 2
+    assert not marker.exists()
