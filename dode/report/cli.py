@@ -48,11 +48,18 @@ def _artifact_lines() -> str:
     return "\n".join(f"  {a.name:<{width}}  {a.summary}" for a in ARTIFACTS.values())
 
 
+def program() -> str:
+    """How this command was called: ``dode-report`` (the console script) or ``python -m dode.report``."""
+    from pathlib import Path
+
+    return "dode-report" if Path(sys.argv[0]).name == "dode-report" else "python -m dode.report"
+
+
 def parser() -> argparse.ArgumentParser:
     """The render command line (``query`` is a subcommand of its own: :func:`query_parser`)."""
     p = protocol()
     ap = argparse.ArgumentParser(
-        prog="python -m dode.report", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=program(), formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Render the D-ODE paper's tables (Markdown + CSV) and figures (PNG + PDF) from "
                     "<results>/runs.csv and the run folders (Figs. 2 and 5 are computed with the model).",
         epilog=f"artifacts (default: all of them):\n{_artifact_lines()}\n\nSweeps: mk/paper.mk (make paper). "
@@ -125,7 +132,7 @@ def make_variables(dataset: str) -> list[str]:
 
 def query_parser() -> argparse.ArgumentParser:
     """``python -m dode.report query {make,artifacts}``."""
-    ap = argparse.ArgumentParser(prog="python -m dode.report query",
+    ap = argparse.ArgumentParser(prog=f"{program()} query",
                                  description="Print what mk/paper.mk reads: `make`: make assignments (conf/paper.yaml "
                                              "for --dataset, and the artifact registry); `artifacts`: one name a line.")
     ap.add_argument("what", choices=("make", "artifacts"))
@@ -145,7 +152,7 @@ def rebuild_runs(argv: Sequence[str]) -> int:
     from dode.errors import UserError
     from dode.runner.results import RUNS_CSV, rebuild_runs as rebuild
 
-    ap = argparse.ArgumentParser(prog="python -m dode.report rebuild-runs",
+    ap = argparse.ArgumentParser(prog=f"{program()} rebuild-runs",
                                  description="Rebuild <RESULTS_DIR>/runs.csv from the run folders' run.json, "
                                              "lambdas.json and metric files (a corrupt or lost runs.csv).")
     ap.add_argument("results_dir", metavar="RESULTS_DIR", help="the results_dir of dode-run (e.g. results)")
@@ -153,7 +160,7 @@ def rebuild_runs(argv: Sequence[str]) -> int:
     try:
         n = rebuild(a.results_dir)
     except (UserError, OSError) as e:
-        print(f"dode.report: error: {e}", file=sys.stderr)
+        print(f"{program()}: error: {e}", file=sys.stderr)
         return 2
     print(f"{a.results_dir}/{RUNS_CSV}: {n} row{'s' if n != 1 else ''} rebuilt from the run folders")
     return 0
@@ -170,10 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         a = parser().parse_args(argv)
         files = render(a.what or list(ARTIFACTS), options(a))
     except (FileNotFoundError, ValueError, UserError) as e:
-        print(f"dode.report: error: {e}", file=sys.stderr)
+        print(f"{program()}: error: {e}", file=sys.stderr)
         return 2
     if not files:
-        print("dode.report: nothing rendered (no matching runs)", file=sys.stderr)
+        print(f"{program()}: nothing rendered (no matching runs)", file=sys.stderr)
     return 0
 
 

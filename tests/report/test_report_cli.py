@@ -1,6 +1,7 @@
 """dode.report's command line, its artifact registry and the one source of its protocol (conf/paper.yaml)."""
 from __future__ import annotations
 
+import sys
 import pytest
 
 from dode.report import cli
@@ -72,3 +73,15 @@ def test_runner_defaults_and_labels_come_from_the_runner_config():
     assert method_label("ddim", "s4s_fd") == "S4S (DDIM, features)"
     opt = cli.options(cli.parser().parse_args(["--dataset", "lsun_bedroom", "--quiet"]))
     assert (opt.checkpoint, opt.edm_checkpoint, opt.batch, opt.scale) == ("adm-lsun-bedroom256", None, 25, 10)
+
+
+def test_the_command_calls_itself_as_it_was_called(monkeypatch, capsys):
+    """dode-report says dode-report (issue 15); python -m dode.report says that."""
+    from dode.report import cli
+
+    monkeypatch.setattr(sys, "argv", ["/usr/local/bin/dode-report"])
+    assert cli.parser().prog == "dode-report"
+    assert cli.main(["no-such-artifact"]) == 2
+    assert capsys.readouterr().err.startswith("dode-report: error: unknown artifact(s) no-such-artifact")
+    monkeypatch.setattr(sys, "argv", ["/x/dode/report/__main__.py"])
+    assert cli.parser().prog == "python -m dode.report"
