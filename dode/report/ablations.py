@@ -38,8 +38,9 @@ def table_formulations(runs: pd.DataFrame, opt: Options) -> list[Path]:
     ck = opt.checkpoint
     d, info = select(runs, opt, ck, scale=opt.scale, batch=opt.batch)
     d = d[(d["solver"] == "ddim") & d["distill"].isin(list(PAPER_TABLE2))]
-    if d.empty:
-        opt.say(f"table-formulations: no DDIM runs of {opt.dataset}/{ck}; skipped")
+    if not d["distill"].isin([k for k in PAPER_TABLE2 if k not in ("none", "dode")]).any():
+        opt.say(f"table-formulations: no runs of D-DDIM's other formulations (Sep, All, 2) of {opt.dataset}/{ck}; "
+                "skipped")
         return []
     nfes = present_nfes(d, opt.nfe or protocol().table_nfe)
     rows = [[method_label("ddim", dist)] + [cell(rows_of(d, distill=dist, nfe=n)).text for n in nfes]
@@ -87,8 +88,9 @@ def _ablation(runs: pd.DataFrame, opt: Options, which: str) -> list[Path]:
     d, info = select(runs, opt, ck, paired=True, **({"batch": opt.batch} if which == "scale" else {"scale": opt.scale}))
     d = d[(d["solver"] == "ddim")]
     dode = d[d["distill"] == "dode"]
-    if dode.empty:
-        opt.say(f"table-ablation-{which}: no D-DDIM runs of {opt.dataset}/{ck}; skipped")
+    if dode[which].nunique() < 2:
+        opt.say(f"table-ablation-{which}: fewer than two values of {'K' if which == 'scale' else 'B'} among the "
+                f"D-DDIM runs of {opt.dataset}/{ck} (with fit seed = evaluation seed); skipped")
         return []
     nfes = present_nfes(dode, opt.nfe or protocol().table_nfe)
     tables = [_ablation_table(d, dode, info, opt, which, nfes)]
@@ -155,8 +157,8 @@ def table_lookahead(runs: pd.DataFrame, opt: Options) -> list[Path]:
     ck = opt.checkpoint
     d, info = select(runs, opt, ck, scale=opt.scale, batch=opt.batch)
     d = d[(d["solver"] == "ddim") & d["distill"].isin(["none", "dode", *ONE_LAMBDA])]
-    if d.empty:
-        opt.say(f"table-lookahead: no DDIM runs of {opt.dataset}/{ck}; skipped")
+    if not d["distill"].isin(ONE_LAMBDA).any():
+        opt.say(f"table-lookahead: no Fixed-D-DDIM or LA-DDIM runs of {opt.dataset}/{ck}; skipped")
         return []
     nfes = present_nfes(d, opt.nfe or protocol().table_nfe)
     grid = long_form(d[d["distill"].isin(ONE_LAMBDA)], ["distill", "lam", "nfe"]) \

@@ -64,8 +64,9 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
     ref_rows = rows_of(d, distill="none", solver=teacher[0], nfe=teacher[1])
     ref = Reference(*teacher, ref_rows, cell(ref_rows))
     d = d[(d["solver"] == s) & d["distill"].isin(learned_methods())]
-    if d.empty:
-        opt.say(f"table-learned: no {s} runs of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; skipped")
+    if not d["distill"].isin([m for m in learned_methods() if m not in ("none", "dode")]).any():
+        opt.say(f"table-learned: no {s} runs of IIA or S4S of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; "
+                "skipped")
         return []
     nfes = present_nfes(d, opt.nfe or protocol().learned_nfe)
     d = d[d["nfe"].isin(nfes)]

@@ -371,3 +371,24 @@ def test_table_runs_keeps_every_seed(results):
     rows = pd.read_csv(path)
     assert len(rows) == len(pd.read_csv(results / "runs.csv")) and "run_path" not in rows
     assert sorted(rows[rows["distill"] == "lookahead"]["lam"].unique()) == [0.25, 0.5, 1.0]
+
+
+def test_a_default_run_renders_only_what_it_has_data_for(results, tmp_path, capsys):
+    """Results of the default dode-run (DDIM and D-DDIM only) give the NFE figure and table, and no
+    near-empty tables for the formulations, ablations, one-λ baselines or learned solvers (issue 15)."""
+    runs = pd.read_csv(results / "runs.csv")
+    keep = (runs["checkpoint"] == "digits-ddpm") & (runs["solver"] == "ddim") & runs["distill"].isin(["none", "dode"]) \
+        & (runs["fit_seed"].isna() | ((runs["fit_seed"] == 0) & (runs["scale"] == 10) & (runs["batch"] == 100)))
+    root = tmp_path / "default"
+    root.mkdir()
+    runs[keep].to_csv(root / "runs.csv", index=False)
+    opt = Options(results=root, dataset="digits", edm_checkpoint="")
+    files = render(["fig-fid-nfe", "table-formulations", "table-ablation-scale", "table-ablation-batch",
+                    "table-lookahead", "table-learned"], opt)
+    assert sorted(f.name for f in files) == ["fid-nfe-digits-digits-ddpm.csv", "fid-nfe-digits-digits-ddpm.md",
+                                             "fid-nfe-digits-digits-ddpm.pdf", "fid-nfe-digits-digits-ddpm.png"]
+    out = capsys.readouterr().out
+    for words in ("table-formulations: no runs of D-DDIM's other formulations", "table-ablation-scale: fewer than two",
+                  "table-ablation-batch: fewer than two", "table-lookahead: no Fixed-D-DDIM or LA-DDIM runs",
+                  "table-learned: no ddim runs of IIA or S4S"):
+        assert words in out, out
