@@ -145,6 +145,25 @@ def check_group_options(argv: list[str], conf: Path) -> str | None:
     return None
 
 
+def check_override_syntax(argv: list[str]) -> str | None:
+    """A readable message for a command-line argument Hydra cannot parse as ``key=value`` (an unquoted
+    path with spaces splits in two; non-ASCII letters and some characters need quotes), else None."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for arg in argv:
+        if arg.startswith("-"):
+            continue  # -m, --multirun, --help, … are Hydra's flags
+        try:
+            parser.parse_overrides([arg])
+        except Exception as e:  # Hydra's OverrideParseException (ANTLR lexer/parser errors)
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return (f"cannot read `{arg}` as key=value ({reason}). A value with spaces, non-ASCII letters or "
+                    "brackets must be quoted Hydra-style inside the shell's quotes, e.g. "
+                    "'checkpoint.path=\"/data/my model é.pt\"'")
+    return None
+
+
 def check_launcher_plugin(argv: list[str]) -> str | None:
     """A message when ``hydra/launcher=submitit_*`` is asked for but Hydra's submitit launcher is not
     installed (Hydra itself would only say it cannot find the config), else None."""
@@ -172,8 +191,8 @@ def main() -> None:
     except UserError as e:
         print(f"dode-run: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    msg = (check_launcher_plugin(sys.argv[1:]) or check_group_options(sys.argv[1:], conf)
-           or check_argv_keys(sys.argv[1:], conf))
+    msg = (check_override_syntax(sys.argv[1:]) or check_launcher_plugin(sys.argv[1:])
+           or check_group_options(sys.argv[1:], conf) or check_argv_keys(sys.argv[1:], conf))
     if msg:
         print(f"dode-run: error: {msg}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)

@@ -58,3 +58,19 @@ def test_a_submitit_launcher_that_is_not_installed_names_the_install_command(mon
     assert check_launcher_plugin(["hydra/launcher=basic", "nfe=5"]) is None
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())  # installed
     assert check_launcher_plugin(["hydra/launcher=submitit_local"]) is None
+
+
+@pytest.mark.parametrize("arg", ["checkpoint.path=/tmp/é.pt", "seeds=[", "dir/x.pt"])
+def test_an_argument_hydra_cannot_parse_gets_a_hint_about_quoting(arg, capsys):
+    """Unquoted non-ASCII letters, a path split by a space, a broken list: exit 2 with how to quote
+    (issue 15, item 5; issue 13: Hydra's own parse errors were its message and exit 1)."""
+    assert run_main("checkpoint.path=/ok.pt", arg) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read `{arg}` as key=value" in err and "quoted Hydra-style" in err and "Traceback" not in err
+
+
+def test_the_quoted_forms_parse():
+    from dode.runner.cli import check_override_syntax
+
+    assert check_override_syntax(['checkpoint.path="/data/my model é.pt"', "nfe=[5,10]", "-m", "distill=dode,iia",
+                                  "hydra.searchpath=[file:///tmp/conf]", "+eval.inception_weights=/w.pth"]) is None
