@@ -128,6 +128,7 @@ def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool 
     return d.copy(), Selection(metric, int(n) if n is not None else None)
 
 
+
 def newest_runs(d: pd.DataFrame, opt: Options, checkpoint: str | None) -> pd.DataFrame:
     """One row per table cell and seed: rows that share every column of ``CELL`` but come from
     different run folders (configs that differ in a key the table does not show, e.g. a changed

@@ -51,7 +51,20 @@ def write_tables(opt: Options, stem: str, tables: list[Table], data: pd.DataFram
     csv = opt.tables / f"{stem}.csv"
     data.to_csv(csv, index=False, float_format="%.6g")
     opt.say(f"wrote {md} and {csv}")
+    say_mixed_seeds(data, opt, md)
     return [md, csv]
+
+
+def say_mixed_seeds(data: pd.DataFrame, opt: Options, table: Path) -> None:
+    """A note when the cells of a table (``data``'s ``n``: seeds per cell) rest on different numbers of
+    evaluation seeds — e.g. a one-seed run beside three-seed ones: never mixed silently."""
+    if "n" not in data.columns:
+        return
+    counts = sorted({int(v) for v in data["n"].dropna() if int(v) > 0})
+    if len(counts) > 1:
+        opt.say(f"note: {table.name}: its cells rest on different numbers of evaluation seeds "
+                f"({', '.join(map(str, counts))}); a one-seed cell shows its value without ± std, and means over "
+                "fewer seeds are noisier")
 
 
 def stem(kind: str, opt: Options, checkpoint: str | None = None) -> str:

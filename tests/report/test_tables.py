@@ -392,3 +392,18 @@ def test_a_default_run_renders_only_what_it_has_data_for(results, tmp_path, caps
                   "table-ablation-batch: fewer than two", "table-lookahead: no Fixed-D-DDIM or LA-DDIM runs",
                   "table-learned: no ddim runs of IIA or S4S"):
         assert words in out, out
+
+
+def test_mixed_seed_counts_are_said_not_silent(results, tmp_path, capsys):
+    """A one-seed run beside three-seed runs in one table gets a note (issue 15, item 2)."""
+    runs = pd.read_csv(results / "runs.csv")
+    one = runs[(runs["checkpoint"] == "digits-ddpm") & (runs["solver"] == "ddim") & (runs["distill"] == "none")
+               & (runs["nfe"] == 10) & (runs["seed"] != 0)].index
+    root = tmp_path / "mixed"
+    root.mkdir()
+    runs.drop(index=one).to_csv(root / "runs.csv", index=False)
+    render(["fig-fid-nfe"], Options(results=root, dataset="digits"))
+    out = capsys.readouterr().out
+    assert "note: fid-nfe-digits-digits-ddpm.md: its cells rest on different numbers of evaluation seeds (1, 3)" in out
+    render(["fig-fid-nfe"], Options(results=results, dataset="digits"))
+    assert "different numbers of evaluation seeds" not in capsys.readouterr().out
