@@ -86,6 +86,9 @@ LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teac
 	--teacher-edm $(TEACHER_EDM)
 
 RUN = $(DODE_RUN) -m dataset=$(DATASET) results_dir=$(RESULTS) progress=false $(if $(SAMPLES),num_samples=$(SAMPLES))
+# the model of each part, with the FID mode the paper computed its FID in (conf/paper.yaml; not on digits)
+NOISE_MODEL = checkpoint=$(CHECKPOINT)$(if $(filter digits,$(DATASET)),, eval.mode=$(PAPER_FID_MODE_NOISE))
+EDM_MODEL = checkpoint=$(EDM_CHECKPOINT)$(if $(filter digits,$(DATASET)),, eval.mode=$(PAPER_FID_MODE_EDM))
 RUN_SEEDS = 'seeds=[$(subst $() ,$(comma),$(strip $(SEEDS)))]'
 REPORT = $(PYTHON) -m dode.report --results $(RESULTS) --dataset $(DATASET) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(EDM_CHECKPOINT),--edm-checkpoint $(EDM_CHECKPOINT))
@@ -98,47 +101,47 @@ REPORT = $(PYTHON) -m dode.report --results $(RESULTS) --dataset $(DATASET) \
 # = Euler, EDM = Heun), each with its D-ODE variant, over NFE.
 runs-fid-nfe:
 ifneq ($(CHECKPOINT),)
-	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=$(NOISE_SOLVERS) distill=dode 'nfe=[$(NFES_NOISE)]'
+	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=$(NOISE_SOLVERS) distill=dode 'nfe=[$(NFES_NOISE)]'
 endif
 ifneq ($(EDM_CHECKPOINT),)
-	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_EULER)]'
-	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_HEUN)]'
+	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) solver=ddim distill=dode 'nfe=[$(NFES_EULER)]'
+	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) solver=heun distill=dode 'nfe=[$(NFES_HEUN)]'
 endif
 
 # Table 1: λ fit and sampling time of D-EDM (Heun) on the data-prediction model.
 runs-time:
 ifneq ($(EDM_CHECKPOINT),)
-	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_HEUN)]'
+	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) solver=heun distill=dode 'nfe=[$(NFES_HEUN)]'
 endif
 
 # Table 2: DDIM, D-DDIM-Sep, D-DDIM-All, D-DDIM, D-DDIM-2 (the base DDIM runs once).
 runs-formulations:
-	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=dode,dode_sep,dode_all,dode_2 'nfe=[$(NFES_TABLE)]'
+	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=ddim distill=dode,dode_sep,dode_all,dode_2 'nfe=[$(NFES_TABLE)]'
 
 # Table 3: K and B ablations of D-DDIM. Each evaluation seed s gets its own λ fit (fit_seed=s), so
 # mean ± std covers the fit batch too, as in the paper's three independent runs. K = 30 at NFE 50
 # would need K·N = 1500 > T = 1000 teacher steps, which the runner refuses (the paper's capped
 # teacher is the K = 20 one), so K = 30 runs below NFE 50 only.
 runs-ablation-scale:
-	$(foreach s,$(SEEDS),$(RUN) checkpoint=$(CHECKPOINT) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE)]' scale=$(SCALES) fit_seed=$(s) 'seeds=[$(s)]' &&) true
-	$(foreach s,$(SEEDS),$(RUN) checkpoint=$(CHECKPOINT) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE_K30)]' scale=$(SCALES_K30) fit_seed=$(s) 'seeds=[$(s)]' &&) true
+	$(foreach s,$(SEEDS),$(RUN) $(NOISE_MODEL) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE)]' scale=$(SCALES) fit_seed=$(s) 'seeds=[$(s)]' &&) true
+	$(foreach s,$(SEEDS),$(RUN) $(NOISE_MODEL) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE_K30)]' scale=$(SCALES_K30) fit_seed=$(s) 'seeds=[$(s)]' &&) true
 
 runs-ablation-batch:
-	$(foreach s,$(SEEDS),$(RUN) checkpoint=$(CHECKPOINT) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE)]' batch=$(BATCHES) fit_seed=$(s) 'seeds=[$(s)]' &&) true
+	$(foreach s,$(SEEDS),$(RUN) $(NOISE_MODEL) solver=ddim distill=dode compare_base=false 'nfe=[$(NFES_TABLE)]' batch=$(BATCHES) fit_seed=$(s) 'seeds=[$(s)]' &&) true
 
 # Section 13 (Table 4): DDIM, LA-DDIM and Fixed-D-DDIM (one λ, grid search over LAM_GRID), D-DDIM.
 runs-lookahead:
-	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_TABLE)]'
-	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=ddim distill=fixed,lookahead distill.lam=$(LAM_GRID) compare_base=false 'nfe=[$(NFES_TABLE)]'
+	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=ddim distill=dode 'nfe=[$(NFES_TABLE)]'
+	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=ddim distill=fixed,lookahead distill.lam=$(LAM_GRID) compare_base=false 'nfe=[$(NFES_TABLE)]'
 
 # Fig. 6: the first seed's samples of the data-prediction model (reused from Fig. 4's runs), as in the
 # paper; a dataset with no data-prediction checkpoint shows DDIM vs D-DDIM of the noise-prediction one.
 runs-samples:
 ifneq ($(EDM_CHECKPOINT),)
-	$(RUN) 'seeds=[0]' checkpoint=$(EDM_CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
-	$(RUN) 'seeds=[0]' checkpoint=$(EDM_CHECKPOINT) solver=heun distill=dode 'nfe=[$(NFES_SAMPLES_HEUN)]'
+	$(RUN) 'seeds=[0]' $(EDM_MODEL) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
+	$(RUN) 'seeds=[0]' $(EDM_MODEL) solver=heun distill=dode 'nfe=[$(NFES_SAMPLES_HEUN)]'
 else ifneq ($(CHECKPOINT),)
-	$(RUN) 'seeds=[0]' checkpoint=$(CHECKPOINT) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
+	$(RUN) 'seeds=[0]' $(NOISE_MODEL) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
 endif
 
 # Learned solvers (IIA, S4S, S4S-Alt) next to D-ODE and the base solver over NFE, on both models, and
@@ -146,12 +149,12 @@ endif
 teacher_args = solver=$(word 1,$(subst :, ,$(1))) nfe=$(word 2,$(subst :, ,$(1))) distill=none
 runs-learned:
 ifneq ($(CHECKPOINT),)
-	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
-	$(RUN) $(RUN_SEEDS) checkpoint=$(CHECKPOINT) $(call teacher_args,$(TEACHER_NOISE))
+	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) $(call teacher_args,$(TEACHER_NOISE))
 endif
 ifneq ($(EDM_CHECKPOINT),)
-	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
-	$(RUN) $(RUN_SEEDS) checkpoint=$(EDM_CHECKPOINT) $(call teacher_args,$(TEACHER_EDM))
+	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) $(call teacher_args,$(TEACHER_EDM))
 endif
 
 # every sweep an artifact names (the registry's, in its order), but this target itself

@@ -121,6 +121,7 @@ def make_variables(dataset: str) -> list[str]:
     sweeps = dict.fromkeys(a.sweep for a in ARTIFACTS.values() if a.sweep)
     values = {"ARTIFACTS": _csv(ARTIFACTS), "SWEEPS": _csv(sweeps),
               "CHECKPOINT": models.noise or "", "EDM_CHECKPOINT": models.edm or "",
+              "FID_MODE_NOISE": p.fid_modes.noise, "FID_MODE_EDM": p.fid_modes.edm,
               "NOISE_SOLVERS": _csv(p.noise_solvers), "TABLE_NFE": _csv(p.table_nfe),
               "LEARNED_SOLVER": p.learned_solver, "LEARNED_NFE": _csv(p.learned_nfe),
               "LEARNED": _csv(p.learned_for(dataset)),

@@ -30,6 +30,7 @@ class Protocol:
     """``conf/paper.yaml`` (see its comments)."""
 
     checkpoints: dict[str, Models]
+    fid_modes: Models                # the FID mode of each part (eval.mode), as the paper computed FID
     noise_solvers: tuple[str, ...]
     edm_solvers: tuple[str, ...]
     table_nfe: tuple[int, ...]
@@ -73,6 +74,7 @@ def protocol() -> Protocol:
     learned = c["learned"]
     return Protocol(
         checkpoints={d: Models(m.get("noise"), m.get("edm")) for d, m in c["checkpoints"].items()},
+        fid_modes=Models(c["fid_modes"]["noise"], c["fid_modes"]["edm"]),
         noise_solvers=tuple(c["noise_solvers"]), edm_solvers=tuple(c["edm_solvers"]),
         table_nfe=_ints(c["table_nfe"]), time_samples=int(c["time_samples"]),
         samples_nfe={s: _ints(v) for s, v in c["samples_nfe"].items()},

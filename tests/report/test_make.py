@@ -121,6 +121,9 @@ def test_make_target_uses_paper_settings_on_a_real_checkpoint(target):
             for p in _points(job, with_files=False):
                 assert p.num_samples == 50000 and p.eval["name"] == "fid50k"
                 assert p.choices.checkpoint in ("ddpm-cifar10", "edm-cifar10-32x32-uncond-vp")
+                # FID as the paper computed it: pytorch-fid for the noise model, EDM's fid.py for the EDM one
+                want = "legacy_pytorch" if p.choices.checkpoint == "ddpm-cifar10" else "legacy_tensorflow"
+                assert p.eval["mode"] == want, (cmd, p.eval)
                 if p.distill.get("kind") == "dode" and target != "table-ablation-scale":
                     assert p.scale == 10 and p.batch == 100
                 if p.choices.checkpoint == "ddpm-cifar10":  # K·N ≤ T = 1000 for the discrete model
