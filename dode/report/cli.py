@@ -19,7 +19,7 @@ import sys
 from typing import Sequence
 
 from dode.errors import UserError
-from dode.report.options import Options
+from dode.report.options import Options, samples_nfe_of
 from dode.report.protocol import SolverNFE, parse_solver_nfe, protocol
 from dode.report.render import ARTIFACTS, render
 
@@ -81,34 +81,40 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--fit-seed", type=int, default=None, help="λ fit seed of the main tables (default: dode-run's, 0)")
     ap.add_argument("--nfe", type=_ints, default=None, help=f"NFE columns of Tables 2–4 (default {_csv(p.table_nfe)}) "
                     f"and of table-learned (default {_csv(p.learned_nfe)})")
-    ap.add_argument("--learned-solver", default=p.learned_solver,
+    ap.add_argument("--learned-solver", default=None,
                     help=f"base solver of table-learned (default {p.learned_solver})")
-    ap.add_argument("--teacher-noise", type=_solver_nfe, default=p.teachers["noise"], help="reference solver of the "
+    ap.add_argument("--teacher-noise", type=_solver_nfe, default=None, help="reference solver of the "
                     f"noise-prediction model in table-learned, SOLVER:NFE (default {_text(p.teachers['noise'])})")
-    ap.add_argument("--teacher-edm", type=_solver_nfe, default=p.teachers["edm"], help="reference solver of the "
+    ap.add_argument("--teacher-edm", type=_solver_nfe, default=None, help="reference solver of the "
                     f"data-prediction model in table-learned, SOLVER:NFE (default {_text(p.teachers['edm'])})")
-    ap.add_argument("--device", default="auto", help="device of the computed figures (auto: cuda if present)")
-    ap.add_argument("--threads", type=int, default=1, help="CPU threads of the computed figures (default 1; "
+    ap.add_argument("--device", default=None, help="device of the computed figures (default auto: cuda if present)")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads of the computed figures (default 1; "
                     "0: torch's default)")
-    ap.add_argument("--steps", type=int, default=1000, help="steps of the long DDIM run (Figs. 2, 5)")
-    ap.add_argument("--trajectory-nfe", type=int, default=10, help="NFE of the solvers in Fig. 5 (Heun: the odd NFE "
-                    "below it)")
-    ap.add_argument("--samples-nfe", type=_ints, default=p.samples_nfe["ddim"],
+    ap.add_argument("--steps", type=int, default=None, help="steps of the long DDIM run (Figs. 2, 5; default 1000)")
+    ap.add_argument("--trajectory-nfe", type=int, default=None, help="NFE of the solvers in Fig. 5 (default 10; Heun: "
+                    "the odd NFE below it)")
+    ap.add_argument("--samples-nfe", type=_ints, default=None,
                     help=f"NFE of Fig. 6's DDIM columns (default {_csv(p.samples_nfe['ddim'])})")
-    ap.add_argument("--samples-nfe-heun", type=_ints, default=p.samples_nfe["heun"],
+    ap.add_argument("--samples-nfe-heun", type=_ints, default=None,
                     help=f"NFE of Fig. 6's EDM (Heun) columns (default {_csv(p.samples_nfe['heun'])})")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
 
 def options(a: argparse.Namespace) -> Options:
-    """The :class:`Options` of parsed render arguments."""
-    return Options(results=a.results, dataset=a.dataset, checkpoint=a.checkpoint, edm_checkpoint=a.edm_checkpoint,
-                   tables=a.tables, figures=a.figures, metric=a.metric, num_samples=a.num_samples, scale=a.scale,
-                   batch=a.batch, fit_seed=a.fit_seed, nfe=a.nfe, device=a.device, threads=a.threads, steps=a.steps,
-                   trajectory_nfe=a.trajectory_nfe, quiet=a.quiet, learned_solver=a.learned_solver,
-                   teachers={"noise": a.teacher_noise, "edm": a.teacher_edm},
-                   samples_nfe={"ddim": a.samples_nfe, "euler": a.samples_nfe, "heun": a.samples_nfe_heun})
+    """The :class:`Options` of parsed render arguments: what was given; the rest keeps Options' defaults
+    (one place for them)."""
+    given = {"results": a.results, "dataset": a.dataset, "checkpoint": a.checkpoint, "edm_checkpoint": a.edm_checkpoint,
+             "tables": a.tables, "figures": a.figures, "metric": a.metric, "num_samples": a.num_samples,
+             "scale": a.scale, "batch": a.batch, "fit_seed": a.fit_seed, "nfe": a.nfe, "device": a.device,
+             "threads": a.threads, "steps": a.steps, "trajectory_nfe": a.trajectory_nfe, "quiet": a.quiet,
+             "learned_solver": a.learned_solver}
+    if a.teacher_noise or a.teacher_edm:
+        given["teachers"] = {**protocol().teachers, **{role: v for role, v in (("noise", a.teacher_noise),
+                                                                                ("edm", a.teacher_edm)) if v}}
+    if a.samples_nfe or a.samples_nfe_heun:
+        given["samples_nfe"] = samples_nfe_of(a.samples_nfe, a.samples_nfe_heun)
+    return Options(**{k: v for k, v in given.items() if v is not None})
 
 
 # ------------------------------------------------------------------------------------------- query

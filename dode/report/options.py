@@ -8,10 +8,12 @@ from typing import Sequence
 from dode.report.protocol import SolverNFE, protocol, runner_default
 
 
-def _samples_nfe() -> dict[str, tuple[int, ...]]:
-    """Fig. 6's NFE per solver (conf/paper.yaml); DDIM's columns also serve Euler."""
+def samples_nfe_of(ddim: Sequence[int] | None = None, heun: Sequence[int] | None = None) -> dict[str, tuple[int, ...]]:
+    """Fig. 6's NFE per solver: the given DDIM and Heun columns, else conf/paper.yaml's; DDIM's columns
+    also serve Euler."""
     nfe = protocol().samples_nfe
-    return {"ddim": nfe["ddim"], "euler": nfe["ddim"], "heun": nfe["heun"]}
+    columns = tuple(ddim or nfe["ddim"])
+    return {"ddim": columns, "euler": columns, "heun": tuple(heun or nfe["heun"])}
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Options:
     trajectory_batch: int = 64
     trajectory_nfe: int = 10
     sample_grid: int = 16                # images per cell of Fig. 6
-    samples_nfe: dict[str, tuple[int, ...]] = field(default_factory=_samples_nfe)
+    samples_nfe: dict[str, tuple[int, ...]] = field(default_factory=samples_nfe_of)
     quiet: bool = False
 
     def __post_init__(self) -> None:
