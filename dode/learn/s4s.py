@@ -126,6 +126,18 @@ class S4SProblem:
         self.runs += 1
         return total
 
+    def initial_params(self, init: Correction | None = None) -> Tensor:
+        """θ to start from, one row per evaluation: zeros (the base solver), or ``init``'s θ."""
+        nfe, width = self.mask.shape
+        params = torch.zeros(nfe, width, dtype=torch.float64)
+        if init is not None:
+            if init.form != self.form:
+                raise ValueError(f"init has form {init.form!r}, the fit {self.form!r}")
+            for k in range(min(nfe, len(init.theta))):
+                row = [float(v) for v in init.theta[k]][:width]
+                params[k, :len(row)] = torch.tensor(row, dtype=torch.float64)
+        return params
+
     def result(self, params: Tensor, provenance: dict) -> Correction:
         """The fitted correction: float θ = ``params`` where a feature exists, else 0."""
         theta = (params.detach() * self.mask).tolist()
@@ -220,17 +232,6 @@ def optimise(problem: S4SProblem, params: Tensor, sigmas: Tensor, iters: int, lr
     return best, log
 
 
-def _as_params(init: Correction | None, nfe: int, width: int, form: str) -> Tensor:
-    params = torch.zeros(nfe, width, dtype=torch.float64)
-    if init is not None:
-        if init.form != form:
-            raise ValueError(f"init has form {init.form!r}, the fit {form!r}")
-        for k in range(min(nfe, len(init.theta))):
-            row = [float(v) for v in init.theta[k]][:width]
-            params[k, :len(row)] = torch.tensor(row, dtype=torch.float64)
-    return params
-
-
 def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: Grid = None,
             teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: Grid = None, targets: Tensor | None = None,
             distance: str | Callable = "l2", iters: int = 200, lr: float = 3e-2, chunk: int | None = None,
@@ -255,7 +256,7 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
                                targets, distance, lpips_weights, classifier, chunk)
     spec, sigmas, form = problem.spec, problem.sigmas, problem.form
     val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
-    params = _as_params(init, nfe, len(problem.mask[0]), form)
+    params = problem.initial_params(init)
     with torch.enable_grad():
         params, log = optimise(problem, params, sigmas, iters, lr, val, eval_every, progress,
                                f"fit s4s {spec.name}@{nfe}", optimizer)

@@ -87,7 +87,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     spec, sigmas, form = problem.spec, problem.sigmas, problem.form
     val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
     base = MonotoneGrid(denoiser, sigmas, grid_space, rho)  # validates the grid space and the base grid
-    params = torch.zeros(nfe, len(problem.mask[0]), dtype=torch.float64)
+    params = problem.initial_params()
     round_iters = iters // 2 if round_iters is None else round_iters
     history, grid_runs = [], 0
     desc = f"fit s4s-alt {spec.name}@{nfe}"
