@@ -18,6 +18,7 @@ import torch
 from dode.errors import UserError
 from dode.runner.config import config_dir, group_option, without_group
 from dode.runner.methods import Method, method_of
+from dode.runner.options import DTYPES
 from dode.runner.seeds import BLOCK, FIT_BLOCK, MAX_FIT_SEED
 
 # config keys that describe a `_target_` model or metric rather than being its arguments
@@ -74,8 +75,8 @@ class Point:
 
     def torch_dtype(self) -> torch.dtype:
         """The dtype of noise and solver state: float32 or float64."""
-        if self.dtype not in ("float32", "float64"):
-            raise UserError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"dtype must be {' or '.join(DTYPES)}, got {self.dtype!r}")
         return getattr(torch, self.dtype)
 
     def metric_name(self) -> str:
