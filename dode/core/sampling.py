@@ -1,6 +1,7 @@
 """Sampling: run a (possibly learned) solver from standard-normal noise to σ = 0."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -8,22 +9,42 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.core.path import Call, ModelPath
-from dode.core.schedules import Grid, time_grid
-from dode.core.solvers import Solver, get_solver
+from dode.core.protocols import GridSpec, Protocol, resolve
+from dode.core.schedules import schedule_of, time_grid
+from dode.core.solvers import Solver, get_solver, logsnr_stages
 
 
-def solver_grid(denoiser, solver: str | Solver, nfe: int, grid: Grid = None) -> tuple[Solver, Tensor, list]:
-    """The solver, its σ grid and its plan (evaluations per step) for exactly ``nfe`` evaluations."""
+def solver_grid(denoiser, solver: str | Solver, nfe: int, grid: GridSpec = None,
+                **overrides) -> tuple[Solver, Tensor, list]:
+    """The solver, its σ grid and its plan (evaluations per step) for exactly ``nfe`` evaluations.
+
+    ``grid``: None (the ``paper`` protocol of :mod:`dode.core.protocols`), a preset or spacing name,
+    a :class:`~dode.core.protocols.Protocol`, or a tensor of σ (for singlestep DPM-Solver either its
+    stage grid, one point per evaluation, or one point per step, stages then at logSNR r);
+    ``overrides``: spacing, endpoint, inner (None: the protocol's)."""
     spec = solver if isinstance(solver, Solver) else get_solver(solver)
-    if grid is not None and not isinstance(grid, str):
-        sig = torch.as_tensor(grid, dtype=torch.float64).flatten()
-        plan = spec.plan(nfe, bool(sig[-1] == 0))
-        if len(plan) != len(sig) - 1:
-            raise ValueError(f"{spec.name} with NFE {nfe} takes {len(plan)} steps, but the explicit grid "
-                             f"has {len(sig) - 1}")
-        return spec, time_grid(denoiser, len(plan), sig), plan
-    plan = spec.plan(nfe, True)
-    return spec, time_grid(denoiser, len(plan), grid), plan
+    proto = resolve(grid, spec.name, denoiser, **overrides)
+    if isinstance(proto, Protocol):
+        plan = spec.plan(nfe, proto.endpoint == "zero")
+        if spec.stage_grid and proto.inner == "logsnr":
+            return spec, logsnr_stages(time_grid(denoiser, len(plan), proto.spacing, endpoint=proto.endpoint),
+                                       plan), plan
+        return spec, time_grid(denoiser, spec.intervals(plan), proto.spacing, endpoint=proto.endpoint), plan
+    sig = torch.as_tensor(proto, dtype=torch.float64).flatten()
+    plan = spec.plan(nfe, bool(sig[-1] == 0))
+    sig = time_grid(denoiser, len(sig) - 1, sig)
+    if spec.stage_grid and len(sig) - 1 == len(plan) != sum(plan):
+        sig = logsnr_stages(sig, plan)
+    if len(sig) - 1 != spec.intervals(plan):
+        raise ValueError(f"{spec.name} with NFE {nfe} takes {spec.intervals(plan)} grid intervals, but the "
+                         f"explicit grid has {len(sig) - 1}")
+    return spec, sig, plan
+
+
+def prior_scale(denoiser, sigma: float) -> float:
+    """x_start = scale · n for standard-normal n at the first σ: x_T ~ N(0, I) in the model's own
+    parametrisation — VP (discrete-time models): x_VE = x_VP/α, scale √(1 + σ²); VE/EDM: σ."""
+    return math.sqrt(1 + sigma**2) if schedule_of(denoiser).discrete else sigma
 
 
 def as_correction(lambdas: Correction | Sequence[float] | Tensor | None) -> Correction | None:
@@ -49,23 +70,26 @@ def _wants_grad(noise: Tensor, correction: Correction | None) -> bool:
 
 
 def run_solver(path: ModelPath, spec: Solver, noise: Tensor, sigmas: Tensor, plan: list) -> Tensor:
-    """x_T = σ_0 · noise, then the solver; checks the NFE spent equals the plan's. Runs without
-    autograd unless the noise or the correction's parameters require gradients."""
+    """x_T = noise scaled by :func:`prior_scale`, then the solver; checks the NFE spent equals the
+    plan's. Runs without autograd unless the noise or the correction's parameters require gradients."""
     with torch.set_grad_enabled(_wants_grad(noise, path.correction)):
-        x = spec.fn(path, noise * sigmas[0].item(), sigmas, plan)
+        x = spec.fn(path, noise * prior_scale(path.denoiser, sigmas[0].item()), sigmas, plan)
     if path.nfe != sum(plan):
         raise RuntimeError(f"{spec.name} spent {path.nfe} NFE, its plan says {sum(plan)}")
     return x
 
 
 def sample(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
-           lambdas: Correction | Sequence[float] | Tensor | None = None, grid: Grid = None) -> Tensor:
+           lambdas: Correction | Sequence[float] | Tensor | None = None, grid: GridSpec = None) -> Tensor:
     """Sample from standard-normal ``noise`` with ``solver`` in exactly ``nfe`` network evaluations.
 
     ``lambdas``: None (the base solver), one λ per evaluation (D-ODE, Eq. 10) as returned by
-    :func:`dode.fit_lambdas`, or any :class:`~dode.core.forms.Correction`. ``grid``: a grid name
-    (``time_uniform``, ``time_quadratic``, ``edm``, ``logsnr``), a float64 tensor of σ, or None for the
-    model's default. Returns the state at the grid's last σ (σ = 0 for named grids), i.e. samples.
+    :func:`dode.fit_lambdas`, or any :class:`~dode.core.forms.Correction`. ``grid``: None for the
+    paper's protocol of this solver and model (the D-ODE authors' grids, docs/protocol.md), a preset
+    (``paper``, ``dode``), a spacing (``time_uniform``, ``time_quadratic``, ``edm``, ``logsnr``,
+    ``uniform_torch``), a :class:`~dode.core.protocols.Protocol` or a float64 tensor of σ (see
+    :func:`solver_grid`). Returns the state at the grid's last σ (σ = 0, or σ_min for protocols
+    ending there), i.e. samples.
     A correction that does not fit the run (θ for another number of evaluations; fitted for another
     solver, NFE or grid) is refused with :class:`~dode.errors.CorrectionMismatch`.
     """
@@ -75,7 +99,7 @@ def sample(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
 
 def trajectory(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
                lambdas: Correction | Sequence[float] | Tensor | None = None,
-               grid: Grid = None) -> tuple[Tensor, list[Call]]:
+               grid: GridSpec = None) -> tuple[Tensor, list[Call]]:
     """Run like :func:`sample` and also return every evaluation as a :class:`~dode.core.path.Call`
     ``(σ, x, D)`` (for figures)."""
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)

@@ -21,7 +21,7 @@ from torch import Tensor
 if TYPE_CHECKING:  # pragma: no cover - typing only (denoisers imports this module)
     from dode.core.denoisers import Denoiser
 
-GRID_KINDS = ("time_uniform", "time_quadratic", "edm", "logsnr")
+GRID_KINDS = ("time_uniform", "time_quadratic", "edm", "logsnr", "uniform_torch")
 Grid = Union[str, Tensor, None]
 _SNAP = 1e-9  # a time this close to an integer *is* that training step
 
@@ -123,14 +123,21 @@ def default_grid(denoiser: Denoiser) -> str:
     return getattr(denoiser, "default_grid", None) or ("time_uniform" if schedule_of(denoiser).discrete else "edm")
 
 
-def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.0) -> Tensor:
-    """``steps + 1`` decreasing noise levels ending at σ = 0, float64.
+def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.0,
+              endpoint: str = "zero") -> Tensor:
+    """``steps + 1`` decreasing noise levels, float64, ending at σ = 0 (``endpoint="zero"``) or at the
+    model's smallest time (``"sigma_min"``: discrete models τ = 1, i.e. training step 0; VE σ_min).
 
-    * ``time_uniform``: t evenly spaced from t_max to 0 (discrete models: rounded to integer steps,
-      the official code's ``linspace(0, T, N+1)``; VE models: uniform in σ).
+    * ``time_uniform``: t evenly spaced from t_max to the end (discrete models ending at 0: rounded to
+      integer steps, N + 1 points over [0, T]; ending at σ_min: continuous, as the official
+      DPM-Solver's ``time_uniform`` from t = 1 to 1/T and th_deis's ``linspace(T − 1, 0, N + 1)``).
     * ``time_quadratic``: √t evenly spaced (DDIM's "quad" and DPM-Solver's time_quadratic).
-    * ``edm``: σ_i = (σ_max^{1/ρ} + i/(N−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for i < N, then σ_N = 0.
-    * ``logsnr``: log σ evenly spaced from σ_max to σ_min, then σ_N = 0.
+    * ``uniform_torch`` (discrete models; the D-ODE authors' DDIM): training steps
+      ``int(linspace(0, T, N + 1, float32)[k])``, k = N − 1 … 0, then σ = 0 — the top step T is never
+      visited, sampling starts at step ⌊T(N − 1)/N⌋.
+    * ``edm``: σ_i = (σ_max^{1/ρ} + i/(M−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for the M positive points,
+      then σ = 0 (M = N) or nothing (``sigma_min``: M = N + 1).
+    * ``logsnr``: log σ evenly spaced from σ_max to σ_min, the same way.
     * a tensor: used as given (must be decreasing; ``steps`` is then its length − 1).
     """
     if isinstance(kind, Tensor) or (kind is not None and not isinstance(kind, str)):
@@ -143,28 +150,41 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
     kind = kind or default_grid(denoiser)
     if kind not in GRID_KINDS:
         raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRID_KINDS)} or a tensor of σ")
+    if endpoint not in ("zero", "sigma_min"):
+        raise ValueError(f"unknown endpoint {endpoint!r}; valid: zero, sigma_min")
     if steps < 1:
         raise ValueError("a grid needs at least one step")
     sched = schedule_of(denoiser)
+    to_zero = endpoint == "zero"
     smin, smax = float(denoiser.sigma_min), float(denoiser.sigma_max)
     i = torch.arange(steps + 1, dtype=torch.float64)
+    if kind == "uniform_torch":
+        if not sched.discrete or not to_zero:
+            raise ValueError("the uniform_torch grid is defined for discrete-time models ending at σ = 0")
+        idx = [int(v) for v in torch.linspace(0, sched.T, steps + 1, dtype=torch.float32)[:steps]][::-1]
+        if len(set(idx)) != steps:
+            raise ValueError(f"{steps} steps do not fit in {sched.T} discrete timesteps")
+        return torch.cat([sched.sigma(torch.tensor(idx, dtype=torch.float64) + 1), torch.zeros(1, dtype=torch.float64)])
     if kind in ("time_uniform", "time_quadratic"):
+        t_end = 0.0 if to_zero else (1.0 if sched.discrete else sched.t(torch.tensor(smin)).item())
         frac = 1 - i / steps
-        t = sched.t_max * (frac if kind == "time_uniform" else frac**2)
-        if sched.discrete:
+        u = frac if kind == "time_uniform" else frac**2
+        t = t_end + (sched.t_max - t_end) * u
+        if sched.discrete and to_zero:
             t = torch.round(t)
             if len(torch.unique(t)) != len(t):
                 raise ValueError(f"{steps} steps do not fit in {sched.T} discrete timesteps")
         sig = sched.sigma(t)
-        sig[-1] = 0.0
+        if to_zero:
+            sig[-1] = 0.0
         return sig
-    j = torch.arange(steps, dtype=torch.float64)
-    frac = j / max(steps - 1, 1)
+    m = steps if to_zero else steps + 1
+    frac = torch.arange(m, dtype=torch.float64) / max(m - 1, 1)
     if kind == "edm":
         head = (smax ** (1 / rho) + frac * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
     else:
         head = torch.exp(math.log(smax) + frac * (math.log(smin) - math.log(smax)))
-    return torch.cat([head, torch.zeros(1, dtype=torch.float64)])
+    return torch.cat([head, torch.zeros(1, dtype=torch.float64)]) if to_zero else head
 
 
 def refine(sigmas: Tensor, factor: int, denoiser: Denoiser, kind: Grid = None, rho: float = 7.0) -> Tensor:
@@ -177,6 +197,7 @@ def refine(sigmas: Tensor, factor: int, denoiser: Denoiser, kind: Grid = None, r
         return sigmas.clone()
     sched = schedule_of(denoiser)
     kind = kind if isinstance(kind, str) else ("edm" if kind is not None else default_grid(denoiser))
+    kind = "time_uniform" if kind == "uniform_torch" else kind
     frac = torch.arange(1, factor, dtype=torch.float64) / factor
     out = []
     for a, b in zip(sigmas[:-1], sigmas[1:]):

@@ -4,10 +4,13 @@ Every solver has one signature, ``solver(path, x, sigmas, plan) -> x_end``: ``pa
 :class:`~dode.core.path.ModelPath` (the only way to call the model; it counts NFE and applies the learned
 correction hook), ``x`` the state at ``sigmas[0]``, ``sigmas`` a float64 grid, and ``plan[i]`` the
 number of model evaluations of step i (the solver's plan for the requested NFE; for singlestep
-DPM-Solver also the order of step i, for Heun 2 or, on a last step into σ = 0, 1). Exponential
-integrators (DDIM, DPM-Solver, DEIS) take the same iterates in VE form as in VP form, since
-``x_VE = x_VP/α`` and ``σ_VE = σ_VP/α``; a step into σ = 0 is first order (DDIM), because a
-higher-order exponential integrator cannot reach σ = 0 (log σ = −∞).
+DPM-Solver also the order of step i, for Heun 2 or, on a last step into σ = 0, 1). The grid holds
+one interval per step, except for singlestep DPM-Solver (``Solver.stage_grid``), whose grid holds
+every evaluation: step i spans ``plan[i]`` intervals, its inner stages on the points in between.
+Exponential integrators (DDIM, DPM-Solver, DEIS) take the same iterates in VE form as in VP form,
+since ``x_VE = x_VP/α`` and ``σ_VE = σ_VP/α``. One rule for every solver: a step into σ = 0 is first
+order (DDIM with the current output), because a higher-order exponential integrator cannot reach
+σ = 0 (log σ = −∞; DEIS's Lagrange weights grow like (σ_min/Δσ)^r there).
 """
 from __future__ import annotations
 
@@ -94,6 +97,11 @@ class Solver:
     plan: PlanFn
     teacher: str  # the solver the D-ODE teacher runs (methods.md)
     order: int  # nominal order of convergence
+    stage_grid: bool = False  # the grid holds every evaluation (singlestep DPM-Solver), not one point a step
+
+    def intervals(self, plan: list) -> int:
+        """The number of grid intervals a run with ``plan`` needs."""
+        return sum(plan) if self.stage_grid else len(plan)
 
     def plan_for_steps(self, steps: int, ends_at_zero: bool) -> list:
         """The plan of this solver on a grid of ``steps`` intervals (teachers run on given grids)."""
@@ -102,7 +110,7 @@ class Solver:
                 p = self.plan(nfe, ends_at_zero)
             except InvalidNFE:
                 continue
-            if len(p) == steps:
+            if self.intervals(p) == steps:
                 return p
         raise InvalidNFE(f"{self.name} cannot run on a grid of {steps} steps")
 
@@ -116,6 +124,11 @@ def register(name: str, teacher: str, order: int, plan: PlanFn = one_per_step):
         return fn
 
     return deco
+
+
+def first_order_into_zero(path: ModelPath, x: Tensor, s: float, t: float) -> Tensor | None:
+    """The one rule for a step into σ = 0: DDIM with the current output (None when t > 0)."""
+    return ddim_step(x, path(x, s), s, t) if t == 0 else None
 
 
 def get_solver(name: str) -> Solver:
@@ -159,9 +172,11 @@ IPNDM_COEFFS = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 /
 @register("ipndm", teacher="ipndm", order=4)
 def ipndm(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """iPNDM (Zhang & Chen 2022): ε̃ = Σ_j c_j ε_{i−j} with Adams–Bashforth weights of order
-    min(i+1, 4) (no warm-up NFE), then a DDIM step with ε̃."""
+    min(i+1, 4) (no warm-up NFE), then a DDIM step with ε̃; a step into σ = 0 is first order."""
     eps: list[Tensor] = []
     for s, t in _pairs(sigmas):
+        if t == 0:
+            return first_order_into_zero(path, x, s, t)
         eps = (eps + [_eps(x, path.denoise(x, s), s)])[-4:]
         e = sum(c * eps[-1 - j] for j, c in enumerate(IPNDM_COEFFS[len(eps) - 1]))
         x = ddim_step(x, path.correct(x, s, x - s * e), s, t)
@@ -170,22 +185,27 @@ def ipndm(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
 
 def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022, Alg. 1 and 2, "dpmsolver" type), noise form,
-    λ = −log σ, h = λ_t − λ_s, inner points r1 = 1/2 (order 2) or r1 = 1/3, r2 = 2/3 (order 3)."""
-    for (s, t), order in zip(_pairs(sigmas), plan):
+    λ = −log σ. Step i of order k spans k intervals of the stage grid, s → s_1 (→ s_2) → t, with
+    h = λ_t − λ_s and r_j = (λ_{s_j} − λ_s)/h (1/2, or 1/3 and 2/3, on a logSNR stage grid)."""
+    grid = sigmas.tolist()
+    start = 0
+    for order in plan:
+        points, start = grid[start:start + order + 1], start + order
+        s, t = points[0], points[-1]
         if order == 1:
             x = ddim_step(x, path(x, s), s, t)
             continue
         h = math.log(s / t)
         e_s = _eps(x, path(x, s), s)
-        r1 = 0.5 if order == 2 else 1 / 3
-        s1 = s * math.exp(-r1 * h)
+        s1 = points[1]
+        r1 = math.log(s / s1) / h
         u1 = x - s1 * math.expm1(r1 * h) * e_s
         e_1 = _eps(u1, path(u1, s1), s1)
         if order == 2:
             x = x - t * math.expm1(h) * e_s - (0.5 / r1) * t * math.expm1(h) * (e_1 - e_s)
             continue
-        r2 = 2 / 3
-        s2 = s * math.exp(-r2 * h)
+        s2 = points[2]
+        r2 = math.log(s / s2) / h
         phi_22 = math.expm1(r2 * h) / (r2 * h) - 1
         u2 = x - s2 * math.expm1(r2 * h) * e_s - (r2 / r1) * s2 * phi_22 * (e_1 - e_s)
         e_2 = _eps(u2, path(u2, s2), s2)
@@ -194,8 +214,19 @@ def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor
     return x
 
 
+def logsnr_stages(sigmas: Tensor, plan: list) -> Tensor:
+    """A stage grid from one point per step: inner stages at r = 1/2 (order 2) or 1/3, 2/3
+    (order 3) of each step's logSNR interval (a step into σ = 0 has order 1)."""
+    out = []
+    for (s, t), order in zip(_pairs(sigmas), plan):
+        out.append(s)
+        if order > 1:
+            out += [s * math.exp(-r * math.log(s / t)) for r in ((0.5,) if order == 2 else (1 / 3, 2 / 3))]
+    return torch.tensor(out + [float(sigmas[-1])], dtype=torch.float64)
+
+
 for _k in (1, 2, 3):
-    SOLVERS[f"dpm{_k}"] = Solver(f"dpm{_k}", dpm_solver, singlestep_plan(_k), "ddim", _k)
+    SOLVERS[f"dpm{_k}"] = Solver(f"dpm{_k}", dpm_solver, singlestep_plan(_k), "ddim", _k, stage_grid=True)
 
 
 def dpmpp_multistep(order: int) -> SolverFn:
@@ -271,10 +302,13 @@ def deis_coefficients(sigmas: tuple, schedule, order: int, nodes: int = 8) -> tu
 def deis(order: int) -> SolverFn:
     def solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor:
         """DEIS tAB-r (Zhang & Chen 2022): x_{i+1} = x_i + Σ_j C_ij ε_{i−j} on the last r+1 outputs
-        (fewer while the history is short); coefficients computed once per grid."""
+        (fewer while the history is short); coefficients computed once per grid; a step into σ = 0 is
+        first order."""
         table = deis_coefficients(tuple(sigmas.tolist()), schedule_of(path.denoiser), order)
         eps: list[Tensor] = []
         for (s, t), coeffs in zip(_pairs(sigmas), table):
+            if t == 0:
+                return first_order_into_zero(path, x, s, t)
             eps = (eps + [_eps(x, path.denoise(x, s), s)])[-(order + 1):]
             e = sum(c * eps[-1 - j] for j, c in enumerate(coeffs)) / (t - s)
             x = ddim_step(x, path.correct(x, s, x - s * e), s, t)

@@ -29,7 +29,8 @@ from dode.core.denoisers import native_prediction
 from dode.core.forms import Correction, get_form
 from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, solver_grid
-from dode.core.schedules import Grid, refine, schedule_of
+from dode.core.protocols import GridSpec, spacing_of
+from dode.core.schedules import refine, schedule_of
 from dode.core.solvers import get_solver
 from dode.learn.grids import grid_record
 from dode.learn.record import ReplayPath, Stop, student_points
@@ -41,9 +42,10 @@ StepTarget = Callable[[int, Tensor, float, float], Tensor]
 
 
 def teacher_states(denoiser, noise: Tensor, teacher: str, points: list[float], scale: int,
-                   grid: Grid = None) -> tuple[dict, dict]:
-    """States of ``teacher`` at every σ of ``points`` (each interval refined ``scale`` times; for
-    discrete-time models K·N is capped at T, with a warning). Returns (states, info)."""
+                   spacing: str | None = None) -> tuple[dict, dict]:
+    """States of ``teacher`` at every σ of ``points`` (each interval refined ``scale`` times in
+    ``spacing``, see :func:`~dode.core.schedules.refine`; for discrete-time models K·N is capped at T,
+    with a warning). Returns (states, info)."""
     spec = get_solver(teacher)
     sched = schedule_of(denoiser)
     n = len(points) - 1
@@ -51,7 +53,7 @@ def teacher_states(denoiser, noise: Tensor, teacher: str, points: list[float], s
         capped = max(1, sched.T // n)
         warnings.warn(f"K·N = {scale}·{n} exceeds the model's T = {sched.T} timesteps; using K = {capped}")
         scale = capped
-    fine = refine(torch.tensor(points, dtype=torch.float64), scale, denoiser, grid)
+    fine = refine(torch.tensor(points, dtype=torch.float64), scale, denoiser, spacing)
     plan = spec.plan_for_steps(len(fine) - 1, bool(fine[-1] == 0))
     path = ModelPath(denoiser, record=points)
     final = run_solver(path, spec, noise, fine, plan)
@@ -71,7 +73,7 @@ def _least_squares(cols: list[Tensor], residual: Tensor) -> list[float]:
 
 
 def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10, scale: int = 10,
-                   form: str = "dode", grid: Grid = None, teacher: str | None = None,
+                   form: str = "dode", grid: GridSpec = None, teacher: str | None = None,
                    targets: Sequence[Tensor] | StepTarget | None = None, progress: bool = False,
                    **provenance) -> Correction:
     """Fit a correction of ``form`` for ``solver`` at ``nfe`` on one batch of standard-normal ``noise``.
@@ -88,7 +90,8 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     after, points = student_points(denoiser, spec, sigmas, plan)
     info: dict = {}
     if targets is None:
-        states, info = teacher_states(denoiser, noise, teacher or spec.teacher, points, scale, grid)
+        states, info = teacher_states(denoiser, noise, teacher or spec.teacher, points, scale,
+                                      spacing_of(grid, spec.name, denoiser))
         targets = [states[s] for s in after]
     teacher_seconds = time.perf_counter() - start
     correction = Correction(form, [[] for _ in range(nfe)])
@@ -133,7 +136,7 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
 
 
 def fit_lambdas(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10, scale: int = 10,
-                grid: Grid = None) -> Tensor:
+                grid: GridSpec = None) -> Tensor:
     """D-ODE's λ (one per model evaluation, float64) for :func:`dode.sample` (paper Eq. 14)."""
     return fit_correction(denoiser, noise, solver, nfe, scale, "dode", grid).lambdas
 

@@ -17,16 +17,20 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.core.sampling import sample
-from dode.core.schedules import Grid, schedule_of
+from dode.core.protocols import GridSpec, Preset, Protocol
+from dode.core.schedules import schedule_of
 from dode.errors import InvalidChoice
 
 __all__ = ["grid_record", "MonotoneGrid", "grid_of", "sample_learned"]
 
 
-def grid_record(grid: Grid, sigmas: Tensor | None = None) -> str | list[float] | None:
-    """A grid for the provenance: its name, or the list of σ of an explicit grid."""
+def grid_record(grid: GridSpec, sigmas: Tensor | None = None) -> str | list[float] | dict | None:
+    """A grid for the provenance: its name, or the list of σ of an explicit grid or of a protocol's
+    grid (a protocol without ``sigmas``: its fields)."""
     if isinstance(grid, (str, type(None))):
         return grid
+    if isinstance(grid, (Protocol, Preset)) and sigmas is None:
+        return grid.record()
     return [float(v) for v in (torch.as_tensor(grid) if sigmas is None else sigmas)]
 
 
@@ -99,7 +103,7 @@ class MonotoneGrid:
 
 
 
-def grid_of(correction: Correction | None, default: Grid = None) -> Grid:
+def grid_of(correction: Correction | None, default: GridSpec = None) -> GridSpec:
     """The grid to sample a correction with: its learned grid (S4S-Alt) as a float64 tensor, else
     ``default`` (a fitted D-ODE/IIA/S4S correction is tied to the grid it was fitted on)."""
     prov = getattr(correction, "provenance", None) or {}

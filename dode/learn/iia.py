@@ -33,7 +33,8 @@ from torch import Tensor
 from dode.core.forms import Correction
 from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, solver_grid
-from dode.core.schedules import Grid, refine
+from dode.core.protocols import GridSpec, spacing_of
+from dode.core.schedules import refine
 from dode.core.solvers import Solver, get_solver
 from dode.errors import InvalidChoice
 from dode.learn.dode import fit_correction
@@ -48,22 +49,22 @@ class FineTargets:
 
     Called by :func:`dode.learn.dode.fit_correction` as ``targets(k, x_start, σ_start, σ_next)``; runs
     ``solver`` (a name or :class:`~dode.core.solvers.Solver`) from ``x_start`` at σ_start to σ_next on the
-    interval refined ``substeps`` times by :func:`dode.core.schedules.refine` in the spacing of ``grid``.
+    interval refined ``substeps`` times by :func:`dode.core.schedules.refine` in ``spacing``.
     The last answer is cached: Heun's two stages of one step ask for the same target. ``nfe`` counts
     the model evaluations spent (per sample).
     """
 
-    def __init__(self, denoiser, solver: str | Solver, substeps: int = 10, grid: Grid = None):
+    def __init__(self, denoiser, solver: str | Solver, substeps: int = 10, spacing: str | None = None):
         if int(substeps) < 1:
             raise ValueError(f"substeps must be at least 1, got {substeps}")
-        self.denoiser, self.substeps, self.grid = denoiser, int(substeps), grid
+        self.denoiser, self.substeps, self.spacing = denoiser, int(substeps), spacing
         self.spec = solver if isinstance(solver, Solver) else get_solver(solver)
         self.nfe = 0
         self._last: tuple | None = None
 
     def fine(self, x: Tensor, sigma_start: float, sigma_next: float) -> Tensor:
         fine = refine(torch.tensor([sigma_start, sigma_next], dtype=torch.float64), self.substeps,
-                      self.denoiser, self.grid)
+                      self.denoiser, self.spacing)
         plan = self.spec.plan_for_steps(len(fine) - 1, bool(fine[-1] == 0))
         path = ModelPath(self.denoiser)
         with torch.no_grad():
@@ -81,7 +82,7 @@ class FineTargets:
 
 
 def fit_iia(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, substeps: int = 10,
-            form: str = "iia", grid: Grid = None, fine_solver: str | None = None, progress: bool = False,
+            form: str = "iia", grid: GridSpec = None, fine_solver: str | None = None, progress: bool = False,
             **provenance) -> Correction:
     """IIA (Zhang, Niwa & Kleijn, ICLR 2024): fit ``form`` (``iia`` or ``biia``) for ``solver`` at
     ``nfe`` on one batch of standard-normal ``noise``.
@@ -97,7 +98,7 @@ def fit_iia(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, subste
         raise InvalidChoice(f"IIA fits the forms {', '.join(IIA_FORMS)}, not {form!r}")
     spec = get_solver(solver)
     fine = get_solver(fine_solver or spec.name)
-    targets = FineTargets(denoiser, fine, substeps, grid)
+    targets = FineTargets(denoiser, fine, substeps, spacing_of(grid, spec.name, denoiser))
     corr = fit_correction(denoiser, noise, spec.name, nfe, substeps, form, grid, targets=targets,
                           progress=progress, method="iia", substeps=int(substeps), **provenance)
     corr.provenance.update(teacher=fine.name, fine_solver=fine.name, target_nfe=targets.nfe)
@@ -105,7 +106,7 @@ def fit_iia(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, subste
 
 
 def step_errors(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
-                correction: Correction | None = None, substeps: int = 10, grid: Grid = None,
+                correction: Correction | None = None, substeps: int = 10, grid: GridSpec = None,
                 fine_solver: str | None = None) -> Tensor:
     """IIA's per-step error: for every evaluation k of the (corrected) student, the RMS distance
     between the state after it and ``fine_solver`` over ``substeps`` sub-steps from the student's
@@ -114,7 +115,8 @@ def step_errors(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
     path = ModelPath(denoiser, correction, record=True)
     with torch.no_grad():
         final = run_solver(path, spec, noise, sigmas, plan)
-    targets = FineTargets(denoiser, get_solver(fine_solver or spec.name), substeps, grid)
+    targets = FineTargets(denoiser, get_solver(fine_solver or spec.name), substeps,
+                          spacing_of(grid, spec.name, denoiser))
     inputs = [call.x for call in path.calls]
     after = inputs[1:] + [final]
     sig_after = path.sigmas[1:] + [float(sigmas[-1])]

@@ -30,7 +30,7 @@ from dode.version import __version__
 from dode.core.forms import Correction
 from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, sample, solver_grid
-from dode.core.schedules import Grid
+from dode.core.protocols import GridSpec
 from dode.core.solvers import Solver
 from dode.errors import InvalidChoice, UserError
 from dode.learn.distances import get_distance
@@ -50,7 +50,7 @@ def s4s_form(window: int) -> str:
 
 
 def teacher_samples(denoiser, noise: Tensor, teacher: str = "heun", teacher_nfe: int = 199,
-                    grid: Grid = None) -> Tensor:
+                    grid: GridSpec = None) -> Tensor:
     """Final samples of a strong ``teacher`` (solver name) with ``teacher_nfe`` evaluations on
     ``grid`` (default: the model's), from the same standard-normal ``noise`` (no gradients)."""
     with torch.no_grad():
@@ -78,8 +78,8 @@ class S4SProblem:
     runs: int = 0
 
     @classmethod
-    def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int, grid: Grid, teacher: str,
-              teacher_nfe: int, teacher_grid: Grid, targets: Tensor | None, distance: str | Callable,
+    def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int, grid: GridSpec, teacher: str,
+              teacher_nfe: int, teacher_grid: GridSpec, targets: Tensor | None, distance: str | Callable,
               lpips_weights: str | None, classifier: str | None, chunk: int | None) -> "S4SProblem":
         """The problem of :func:`fit_s4s`: the teacher runs here unless ``targets`` are given."""
         form = s4s_form(window)
@@ -145,7 +145,7 @@ class S4SProblem:
 
 
 def validation_pair(denoiser, val_noise: Tensor | None, val_targets: Tensor | None, teacher: str, teacher_nfe: int,
-                    teacher_grid: Grid) -> tuple[Tensor, Tensor] | None:
+                    teacher_grid: GridSpec) -> tuple[Tensor, Tensor] | None:
     """(held-out noise, its targets — the teacher run on it unless given), or None without noise."""
     if val_noise is None:
         return None
@@ -232,8 +232,8 @@ def optimise(problem: S4SProblem, params: Tensor, sigmas: Tensor, iters: int, lr
     return best, log
 
 
-def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: Grid = None,
-            teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: Grid = None, targets: Tensor | None = None,
+def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: GridSpec = None,
+            teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: GridSpec = None, targets: Tensor | None = None,
             distance: str | Callable = "l2", iters: int = 200, lr: float = 3e-2, chunk: int | None = None,
             val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
             init: Correction | None = None, optimizer: str = "adam", lpips_weights: str | None = None,

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from dode.version import __version__
 from dode.core.forms import Correction
-from dode.core.schedules import Grid
+from dode.core.protocols import GridSpec
 from dode.learn.grids import MonotoneGrid, grid_record
 from dode.learn.s4s import S4SProblem, optimise, validation_pair
 
@@ -63,9 +63,9 @@ def _nelder_mead(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: 
     return best[1], best[0], count[0]
 
 
-def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: Grid = None,
+def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: GridSpec = None,
                 rounds: int = 3, grid_space: str = "rho", grid_evals: int = 60, grid_step: float = 0.5,
-                teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: Grid = None,
+                teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: GridSpec = None,
                 targets: Tensor | None = None, distance: str | Callable = "l2", iters: int = 200,
                 round_iters: int | None = None, lr: float = 3e-2, chunk: int | None = None,
                 val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,

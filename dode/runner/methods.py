@@ -118,7 +118,7 @@ def fit_dode(denoiser, noise: Tensor, point: Point, progress: bool, provenance: 
     (``scale``) finer ``teacher`` (null: the solver's default)."""
     d = point.distill
     return fit_correction(denoiser, noise, point.solver["name"], point.nfe, point.scale, d.get("form", "dode"),
-                          grid=point.solver.get("grid"), teacher=d.get("teacher"), progress=progress, **provenance)
+                          grid=point.grid, teacher=d.get("teacher"), progress=progress, **provenance)
 
 
 @register("fixed", fits=False, check=numbers("lam"))
@@ -134,14 +134,14 @@ def fit_iia_method(denoiser, noise: Tensor, point: Point, progress: bool, proven
     student step (null: K, the run's ``scale``) of ``fine_solver`` (null: the student's own)."""
     d = point.distill
     return fit_iia(denoiser, noise, point.solver["name"], point.nfe, substeps=int(d.get("substeps") or point.scale),
-                   form=d.get("form", "iia"), grid=point.solver.get("grid"), fine_solver=d.get("fine_solver"),
+                   form=d.get("form", "iia"), grid=point.grid, fine_solver=d.get("fine_solver"),
                    progress=progress, **provenance)
 
 
 @register("s4s")
 def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
     """S4S: :func:`dode.learn.fit_s4s` with the set :data:`S4S_OPTIONS` of the distill config."""
-    return fit_s4s(denoiser, noise, point.solver["name"], point.nfe, grid=point.solver.get("grid"), progress=progress,
+    return fit_s4s(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
                    **options(point.distill, S4S_OPTIONS), **provenance)
 
 
@@ -149,6 +149,6 @@ def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, proven
 def fit_s4s_alt_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
     """S4S-Alt: :func:`dode.learn.fit_s4s_alt` with the set :data:`S4S_OPTIONS` and
     :data:`S4S_ALT_OPTIONS` of the distill config; the learned grid is in the provenance."""
-    return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=point.solver.get("grid"),
+    return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid,
                        progress=progress, **options(point.distill, S4S_OPTIONS),
                        **options(point.distill, S4S_ALT_OPTIONS), **provenance)

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from dode.errors import UserError
+from dode.core.protocols import Preset
+from dode.errors import InvalidChoice, UserError
 from dode.runner.config import config_dir, group_option, without_group
 from dode.runner.methods import Method, method_of
 from dode.runner.options import DTYPES
@@ -62,6 +63,17 @@ class Point:
     def to_dict(self) -> dict:
         """The point as plain JSON-able data (as stored in run.json)."""
         return dataclasses.asdict(self)
+
+    @property
+    def grid(self) -> Preset:
+        """The solver's sampling protocol: ``solver.protocol`` (``paper``: the authors' grids,
+        ``dode``: dode's own) with ``solver.grid``/``endpoint``/``inner`` where set
+        (:mod:`dode.core.protocols`)."""
+        s = self.solver
+        try:
+            return Preset(str(s.get("protocol") or "paper"), s.get("grid"), s.get("endpoint"), s.get("inner"))
+        except InvalidChoice as e:
+            raise UserError(f"solver={self.choices.solver}: {e}") from None
 
     @property
     def method(self) -> Method:
@@ -160,6 +172,7 @@ def check_point(point: Point) -> None:
     """Cheap checks before any process starts (names, NFE of the solver, seeds, sizes)."""
     from dode.core.solvers import get_solver
 
+    point.grid  # noqa: B018 - raises a UserError for an unknown protocol, grid, endpoint or inner rule
     try:
         get_solver(point.solver["name"]).plan(point.nfe, True)
     except ValueError as e:
@@ -274,7 +287,7 @@ def check_with_model(point: Point, denoiser) -> None:
         raise UserError(f"the file of checkpoint {ck} holds a model of {_fmt(loaded)} images, but its config (or "
                         f"the dataset {point.choices.dataset}) says {_fmt(configured)}: is it the right file?")
     try:
-        spec, sigmas, plan = solver_grid(denoiser, name, nfe, point.solver.get("grid"))
+        spec, sigmas, plan = solver_grid(denoiser, name, nfe, point.grid)
     except ValueError as e:
         raise UserError(f"solver={name} nfe={nfe} on checkpoint {ck}: {e}") from None
     sched = schedule_of(denoiser)

@@ -79,7 +79,7 @@ def sampling_grid(point: Point, correction: Any) -> Any:
     """The solver's configured grid, or the grid a correction learned (S4S-Alt)."""
     from dode.learn import grid_of
 
-    return grid_of(correction, point.solver.get("grid"))
+    return grid_of(correction, point.grid)
 
 
 def _bar(total: int, desc: str, point: Point, ctx: Context):

@@ -13,7 +13,8 @@ from dode.errors import InvalidChoice, InvalidNFE
 from dode.core.oracle import GaussianMixture
 from dode.core.path import ModelPath
 from dode.core.schedules import DiscreteVPSchedule, VESchedule, time_grid
-from dode.core.solvers import SOLVERS, deis_coefficients, get_solver
+from dode.core.sampling import solver_grid
+from dode.core.solvers import SOLVERS, deis_coefficients
 
 # Empirical global order on a logSNR grid, accounting for the lower-order start-up steps:
 #  - one-step methods: their order (DPM-Solver-3 at NFE ≡ 2 mod 3, whose plan ends with a 2nd-order step);
@@ -117,9 +118,9 @@ def test_matches_diffusers_schedulers(name, steps, vp_mixture):
     x = noise.float()
     for t in ref.timesteps:
         x = ref.step(eps(x.double(), torch.full((16,), float(t))).float(), t, x).prev_sample
-    # diffusers starts from x_T = noise in VP scale, i.e. x_VE = sqrt(1 + σ_max²)·noise
-    smax = sched.sigma_max
-    ours = dode.sample(gm.as_vp(sched), noise * math.sqrt(1 + smax**2) / smax, name, steps)
+    # diffusers' "trailing" grid is dode's own integer time-uniform grid into σ = 0; both start from
+    # x_T = noise in VP scale (x_VE = √(1 + σ_max²)·noise)
+    ours = dode.sample(gm.as_vp(sched), noise, name, steps, grid="dode")
     torch.testing.assert_close(x.double(), ours, rtol=1e-5, atol=1e-5)
 
 
@@ -134,8 +135,8 @@ def test_nfe_is_exact_and_samples_are_finite(name, grid, vp_mixture):
             assert name == "heun" and nfe % 2 == 0
             continue
         path = ModelPath(gm)
-        spec = get_solver(name)
-        x = spec.fn(path, torch.randn(4, 1, 4, 4, dtype=torch.float64) * 80, time_grid(gm, len(plan), grid), plan)
+        spec, sigmas, plan = solver_grid(gm, name, nfe, grid)
+        x = spec.fn(path, torch.randn(4, 1, 4, 4, dtype=torch.float64) * 80, sigmas, plan)
         assert path.nfe == nfe and torch.isfinite(x).all()
 
 
