@@ -10,11 +10,9 @@ forward and backward pass.
     python benchmarks/bench_networks.py --only ddpm      # rows whose name contains "ddpm"
     python benchmarks/bench_networks.py --edm-pkl checkpoints/edm-cifar10-32x32-cond-vp.pkl
 
-EDM's own architectures (DDPM++ ``SongUNet``, ADM ``DhariwalUNet``) ship inside their pickles, so
-they are timed only from pickles given with ``--edm-pkl`` (trusted files only: unpickling runs
-code). The row ``adm-edm-imagenet64 (proxy)`` is dode's ADM U-Net at the hyper-parameters of
-``edm-imagenet-64x64-cond-adm`` (295.9 M parameters, as DhariwalUNet), without EDM's
-preconditioning.
+The EDM rows are dode's own EDM networks (:mod:`dode.models.arch.edm_networks`) at the settings of
+EDM's CIFAR-10 DDPM++ (55.7 M parameters) and ImageNet 64 ADM (295.9 M) pickles; ``--edm-pkl`` times
+the networks of given pickles, read as ``dode-run`` reads them (without running their code).
 """
 from __future__ import annotations
 
@@ -28,6 +26,7 @@ from torch import nn
 from dode.models.adapters import ClassifierGuidance, DiscreteNet, EDMNet
 from dode.core.denoisers import EDMDenoiser, VPDenoiser
 from dode.models.arch import ADMEncoderUNet, ADMUNet, DDPMUNet
+from dode.models.arch.edm_networks import EDMPrecond
 from dode.core.schedules import DiscreteVPSchedule
 
 
@@ -51,6 +50,14 @@ def models() -> list[tuple[str, int, int, Callable[[], nn.Module]]]:
                            attention_head_dim=None, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1,
                            downsample_padding=0, dropout=0.1)
 
+    def edm(res, classes, **kw):
+        def make():
+            net = EDMPrecond(res, 3, classes, **kw)
+            for p in net.parameters():  # dode's EDM layers are allocated empty (for loading weights)
+                nn.init.normal_(p, std=0.02)
+            return EDMDenoiser(EDMNet(net.eval(), classes))
+        return make
+
     adm128 = dict(model_channels=256, out_channels=6, num_res_blocks=2, attention_resolutions=(32, 16, 8),
                   num_heads=4, use_scale_shift_norm=True, resblock_updown=True, num_classes=1000)
 
@@ -67,10 +74,12 @@ def models() -> list[tuple[str, int, int, Callable[[], nn.Module]]]:
         ("adm-imagenet64-uncond", 64, 0, vp(lambda: _adm(64, model_channels=128, out_channels=6, num_res_blocks=3,
                                                          attention_resolutions=(16, 8), num_heads=4,
                                                          use_scale_shift_norm=True), "adm", cos, 0, 0.25)),
-        ("adm-edm-imagenet64 (proxy)", 64, 1000, vp(lambda: _adm(64, model_channels=192, num_res_blocks=3,
-                                                                 attention_resolutions=(32, 16, 8), num_head_channels=64,
-                                                                 use_scale_shift_norm=True, resblock_updown=True,
-                                                                 num_classes=1000, dropout=0.1), "adm", lin, 1000)),
+        ("edm-cifar10-32x32-cond-vp", 32, 10, edm(32, 10, model_type="SongUNet", embedding_type="positional",
+                                                  encoder_type="standard", decoder_type="standard", channel_mult_noise=1,
+                                                  resample_filter=[1, 1], model_channels=128, channel_mult=[2, 2, 2],
+                                                  augment_dim=9, dropout=0.13)),
+        ("edm-imagenet-64x64-cond-adm", 64, 1000, edm(64, 1000, use_fp16=True, model_type="DhariwalUNet",
+                                                      model_channels=192, channel_mult=[1, 2, 3, 4])),
         ("adm-imagenet128-cond (unet only)", 128, 1000, vp(lambda: _adm(128, **adm128), "adm", lin, 1000)),
         ("adm-imagenet128-cond (+classifier guidance)", 128, 1000, guided128),
         ("adm-lsun-bedroom256", 256, 0, vp(lambda: _adm(256, model_channels=256, out_channels=6, num_res_blocks=2,
@@ -81,11 +90,11 @@ def models() -> list[tuple[str, int, int, Callable[[], nn.Module]]]:
 
 
 def edm_models(paths: list[str]):
-    from dode.models.arch.edm_compat import load_persistent_pickle
+    from dode.models.arch.edm_pickle import load_edm_pickle
 
     out = []
     for p in paths:
-        net = load_persistent_pickle(p)["ema"].eval().requires_grad_(False)
+        net = load_edm_pickle(p)["ema"]
         classes, res = int(getattr(net, "label_dim", 0)), int(net.img_resolution)
         out.append((p.rsplit("/", 1)[-1], res, classes, lambda net=net, c=classes: EDMDenoiser(EDMNet(net, c))))
     return out
@@ -125,7 +134,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="time only rows whose name contains this")
     ap.add_argument("--device", action="append", default=None, help="cpu, cuda (default: cpu, and cuda if present)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--edm-pkl", action="append", default=[], help="an EDM network pickle to time (trusted files only)")
+    ap.add_argument("--edm-pkl", action="append", default=[], help="an EDM network pickle to time")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -15,8 +15,11 @@ Class-conditional models take integer labels in ``denoiser.model_kwargs["class_l
 LongTensor of shape ``(batch,)``), whatever the network wants internally (EDM one-hot vectors, ADM
 ``y``, diffusers ``class_labels``); :func:`dode.runner.seeds.draw_labels` draws them from the samples' seeds.
 
-.. warning:: The EDM loader unpickles ``.pkl`` files, and unpickling runs code (EDM's pickles carry
-   and execute their network source). Give it only files from a source you trust.
+The EDM loader reads EDM's ``.pkl`` files without running any of their code (an allow-list unpickler
+that rebuilds dode's own EDM networks, :mod:`dode.models.arch.edm_pickle`).
+
+.. warning:: ``checkpoint.trust_pickle=true`` unpickles EDM files as EDM does, which runs the code they
+   carry (:mod:`dode.models.arch.edm_compat`). Set it only for files from a source you trust.
 """
 from __future__ import annotations
 

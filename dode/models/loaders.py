@@ -9,12 +9,14 @@ Each finds and checks its file (:mod:`dode.models.files`), builds the network (:
 imported on first use), and wraps it (:mod:`dode.models.adapters`). They are registered by name in
 :data:`dode.models.checkpoints.LOADERS`.
 
-.. warning:: The EDM loader unpickles ``.pkl`` files, and unpickling runs code (EDM's pickles carry
-   and execute their network source). Give it only files from a source you trust.
+The EDM loader reads EDM's ``.pkl`` files without running their code (an allow-list unpickler that
+rebuilds dode's own EDM networks); only ``checkpoint.trust_pickle=true`` unpickles them as EDM does,
+which runs the code they carry — for trusted files only.
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -30,6 +32,7 @@ from dode.models.files import (CheckpointError, checkpoint_label, error_summary,
 __all__ = ["load_ddpm", "load_adm", "load_diffusers", "load_edm"]
 
 Device = torch.device | str | None
+log = logging.getLogger("dode.models")
 
 
 # --------------------------------------------------------------------------------------------------- DDPM
@@ -179,16 +182,26 @@ def load_diffusers(cfg: Mapping, device: Device = None) -> nn.Module:
 # --------------------------------------------------------------------------------------------------- EDM
 
 def load_edm(cfg: Mapping, device: Device = None) -> nn.Module:
-    """An EDM network pickle (``dict(ema=EDMPrecond, ...)``). Unpickling RUNS CODE: trusted files only.
+    """An EDM network pickle (``dict(ema=EDMPrecond, ...)``), read without running any of its code: the
+    networks it names become dode's own (:mod:`dode.models.arch.edm_pickle`) and anything else in it is
+    refused. ``trust_pickle: true`` unpickles it as EDM does instead, RUNNING the code it carries
+    (:mod:`dode.models.arch.edm_compat`; trusted files only). EDM2 pickles are refused either way.
     The network's resolution, channels and classes must agree with the config's (where both state them)."""
     from dode.models.arch.edm_compat import CompatError, load_persistent_pickle
+    from dode.models.arch.edm_pickle import EDMPickleError, check_not_edm2, load_edm_pickle
     label = checkpoint_label(cfg)
+    trust = cfg.get("trust_pickle")
+    if trust not in (None, True, False):
+        raise CheckpointError(f"{label}: checkpoint.trust_pickle must be true or false, got {trust!r}")
     path = resolve_file(cfg)
     verify_checksum(path, cfg)
+    if trust:
+        log.warning(f"{label}: checkpoint.trust_pickle=true: unpickling {path} runs the code it carries")
     try:
-        data = load_persistent_pickle(path)
-    except CompatError as e:
-        raise CheckpointError(f"{label}: cannot unpickle {path}: {e}") from e
+        data = load_persistent_pickle(path) if trust else load_edm_pickle(path)
+        check_not_edm2(data.get("ema") if isinstance(data, Mapping) else None)
+    except (CompatError, EDMPickleError) as e:
+        raise CheckpointError(f"{label}: cannot load {path}: {e}") from e
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{label}: cannot unpickle {path} as an EDM network pickle "
                               f"({error_summary(e)}). "

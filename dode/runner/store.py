@@ -40,8 +40,9 @@ from dode.runner.points import Point
 log = logging.getLogger("dode.runner")
 
 FORMAT = 1
-# config keys that change no image or metric value (names, documentation, where a file is)
-NOT_HASHED = {"label", "path", "description", "doc", "_doc", "source", "inception_weights"}
+# config keys that change no image or metric value (names, documentation, where a file is, whether
+# its code may run)
+NOT_HASHED = {"label", "path", "description", "doc", "_doc", "source", "inception_weights", "trust_pickle"}
 
 
 # ------------------------------------------------------------------------------------ names, hashes

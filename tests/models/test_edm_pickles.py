@@ -1,8 +1,11 @@
-"""EDM network pickles: the edm loader and dode.models.arch.edm_compat, on pickles written here in
-EDM's persistent format from a stand-in of EDM's modules (then removed, as on a machine without EDM)."""
+"""EDM network pickles: what the default loader refuses (anything that is not EDM's networks, before it
+runs), and the code-executing path of ``checkpoint.trust_pickle=true`` (dode.models.arch.edm_compat) on
+pickles written here in EDM's persistent format from a stand-in of EDM's modules (then removed, as on
+a machine without EDM)."""
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import shutil
 import sys
@@ -13,6 +16,7 @@ import pytest
 import torch
 
 from dode.models.checkpoints import CheckpointError, load_checkpoint
+from edm_tiny import Persistent, write_pickle
 from tiny_checkpoints import cfg_from
 
 
@@ -167,12 +171,18 @@ def _write_edm_pickle(tmp_path: Path, label_dim: int, x, sigma, labels, resoluti
 
 
 @pytest.mark.parametrize("name,label_dim", [("edm-cifar10-32x32-cond-vp", 10), ("edm-ffhq-64x64-uncond-vp", 0)])
-def test_edm_persistent_pickle(tmp_path, name, label_dim):
+def test_edm_persistent_pickle_with_trust_pickle(tmp_path, name, label_dim):
+    """A network dode does not implement (TinyNet, made of torch.nn layers): refused by default, without
+    running its code; loaded by running it with trust_pickle=true."""
     x = torch.randn(3, 3, 8, 8)
     sigma = torch.tensor([0.002, 1.0, 80.0], dtype=torch.float64)
     labels = torch.tensor([1, 9, 4]) if label_dim else None
     f, want = _write_edm_pickle(tmp_path, label_dim, x, sigma, labels)
-    den = load_checkpoint(cfg_from(name, path=str(f), resolution=8))
+    with pytest.raises(CheckpointError, match="names torch.nn.modules.linear.Linear.*nothing was run.*trust_pickle=true"):
+        load_checkpoint(cfg_from(name, path=str(f), resolution=8))
+    with pytest.raises(CheckpointError, match="trust_pickle must be true or false, got 'yes'"):
+        load_checkpoint(cfg_from(name, path=str(f), resolution=8, trust_pickle="yes"))
+    den = load_checkpoint(cfg_from(name, path=str(f), resolution=8, trust_pickle=True))
     assert "torch_utils" not in sys.modules and "dnnlib" not in sys.modules  # registered only while loading
     assert (den.num_classes, den.resolution, den.channels, den.prediction) == (label_dim, 8, 3, "x0")
     assert den.default_grid == "edm" and (den.sigma_min, den.sigma_max) == (0.002, 80.0)
@@ -182,7 +192,7 @@ def test_edm_persistent_pickle(tmp_path, name, label_dim):
         torch.testing.assert_close(den(x, sigma), want, rtol=0, atol=0)
         torch.testing.assert_close(copy.deepcopy(den)(x, sigma), want, rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="num_classes"):  # the file is not what the config says
-        load_checkpoint(cfg_from(name, path=str(f), resolution=8, num_classes=label_dim + 3))
+        load_checkpoint(cfg_from(name, path=str(f), resolution=8, num_classes=label_dim + 3, trust_pickle=True))
 
 
 def test_edm_compat_round_trip_and_module_restore(tmp_path):
@@ -218,3 +228,85 @@ def test_edm_pickle_needing_missing_names_fails_clearly(tmp_path):
     f.write_bytes(pickle.dumps({"ema": 3}))
     with pytest.raises(CheckpointError, match="not an EDM network pickle"):
         load_checkpoint(cfg_from("edm-cifar10-32x32-uncond-vp", path=str(f)))
+
+
+# ------------------------------------------------------------------------ what the default refuses
+class Payload:
+    """Unpickled, runs ``fn(*args)``: what a malicious pickle does."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def _storage_payload(cmd: str):
+    """A 'tensor storage' whose bytes are a torch.save file that runs ``cmd``."""
+    buf = __import__("io").BytesIO()
+    torch.save(Payload(os.system, cmd), buf, _use_new_zipfile_serialization=False)
+    return Payload(torch.storage._load_from_bytes, buf.getvalue())
+
+
+@pytest.mark.parametrize("make,named", [
+    (lambda cmd: {"ema": Payload(os.system, cmd)}, f"{os.system.__module__}.system"),
+    (lambda cmd: {"ema": Payload(eval, f"__import__('os').system({cmd!r})")}, "builtins.eval"),
+    (lambda cmd: {"ema": Persistent("EDMPrecond", {"_init_kwargs": Payload(os.system, cmd)})},
+     f"{os.system.__module__}.system"),
+    (lambda cmd: {"ema": Persistent("EDMPrecond", {"w": _storage_payload(cmd)})}, "not plain tensor data"),
+    (lambda cmd: {"ema": Persistent("TinyNet", {"src": cmd})}, "persistent class 'TinyNet', which is not one of EDM's"),
+])
+def test_a_malicious_pickle_is_refused_before_its_payload_runs(tmp_path, make, named):
+    marker = tmp_path / "PWNED"
+    f = write_pickle(tmp_path / "evil.pkl", make(f"touch {marker}"))
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(cfg_from("edm-cifar10-32x32-uncond-vp", path=str(f)))
+    msg = str(e.value)
+    assert named in msg and str(f) in msg and "\n" not in msg, msg
+    assert "weights_only=False" not in msg
+    assert not marker.exists()
+
+
+def test_the_source_a_pickle_carries_runs_only_with_trust_pickle(tmp_path):
+    marker = tmp_path / "RAN"
+    src = f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n"
+    f = write_pickle(tmp_path / "src.pkl", {"ema": Persistent("EDMPrecond", {}, module_src=src)})
+    with pytest.raises(CheckpointError, match="cannot build EDMPrecond"):
+        load_checkpoint(cfg_from("edm-cifar10-32x32-uncond-vp", path=str(f)))
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="defines no class 'EDMPrecond'"):
+        load_checkpoint(cfg_from("edm-cifar10-32x32-uncond-vp", path=str(f), trust_pickle=True))
+    assert marker.exists()  # the old path runs the file's code: hence the opt-in
+
+
+EDM2_SOURCE = '''
+import torch
+from torch_utils import persistence
+
+
+@persistence.persistent_class
+class MPFourier(torch.nn.Module):
+    def __init__(self, num_channels):
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(num_channels))
+
+
+@persistence.persistent_class
+class Precond(torch.nn.Module):
+    def __init__(self, img_resolution, img_channels, label_dim):
+        super().__init__()
+        self.img_resolution, self.img_channels, self.label_dim = img_resolution, img_channels, label_dim
+        self.emb = MPFourier(8)
+'''
+
+
+def test_an_edm2_pickle_is_refused_by_both_paths(tmp_path):
+    from dode.models.arch import edm_compat
+
+    with edm_compat.compat_modules():
+        net = edm_compat.module_from_source(EDM2_SOURCE).Precond(img_resolution=32, img_channels=3, label_dim=0)
+        f = tmp_path / "edm2.pkl"
+        f.write_bytes(pickle.dumps(dict(ema=net)))
+    for trust in (False, True):
+        with pytest.raises(CheckpointError, match="EDM2 layout not supported; .*(MPFourier|Precond)"):
+            load_checkpoint(cfg_from("edm-cifar10-32x32-uncond-vp", path=str(f), trust_pickle=trust))

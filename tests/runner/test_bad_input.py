@@ -7,6 +7,8 @@ config is checked, before any model is loaded.
 from __future__ import annotations
 
 import errno
+import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -140,6 +142,24 @@ def test_a_file_that_is_not_an_edm_pickle_is_named(bad_files, tmp_path, capsys, 
     code = run_main("dataset=cifar10", "checkpoint=edm-cifar10-32x32-uncond-vp", f"checkpoint.path={bad_files / name}",
                     f"eval.ref_stats={bad_files / 'stats.npz'}", f"results_dir={tmp_path}", "progress=false", "nfe=4")
     check(code, capsys, str(bad_files / name), "EDM network pickle")
+
+
+class _Payload:
+    def __init__(self, cmd: str):
+        self.cmd = cmd
+
+    def __reduce__(self):
+        return os.system, (self.cmd,)
+
+
+def test_a_malicious_pickle_is_refused_and_its_payload_never_runs(bad_files, tmp_path, capsys):
+    """Issue 13's pickle: ``{"ema": E()}`` whose unpickling calls ``os.system("touch ...")``."""
+    marker, evil = tmp_path / "PWNED", tmp_path / "evil.pkl"
+    evil.write_bytes(pickle.dumps({"ema": _Payload(f"touch {marker}")}))
+    code = run_main("dataset=cifar10", "checkpoint=edm-cifar10-32x32-uncond-vp", f"checkpoint.path={evil}",
+                    f"eval.ref_stats={bad_files / 'stats.npz'}", f"results_dir={tmp_path}", "progress=false", "nfe=4")
+    check(code, capsys, str(evil), f"names {os.system.__module__}.system", "nothing was run", "trust_pickle")
+    assert not marker.exists()
 
 
 def test_missing_checkpoint_file_is_named(tmp_path, capsys):

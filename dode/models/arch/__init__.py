@@ -3,7 +3,11 @@
 * :class:`DDPMUNet` — the DDIM repository's ``Model`` (DDPM CIFAR-10, CelebA 64).
 * :class:`ADMUNet`, :class:`ADMEncoderUNet` — guided-/improved-diffusion's ``UNetModel`` and
   ``EncoderUNetModel`` (ImageNet 64/128, LSUN 256, the ImageNet 128 classifier).
-* :mod:`dode.models.arch.edm_compat` — unpickling EDM's self-describing network pickles.
+* :mod:`dode.models.arch.edm_layers`, :mod:`dode.models.arch.edm_networks` — EDM's networks (``SongUNet``,
+  ``DhariwalUNet`` and the VP/VE/iDDPM/EDM preconditionings), with the names of EDM's pickles.
+* :mod:`dode.models.arch.edm_pickle` — reading EDM's network pickles without running their code
+  (the default); :mod:`dode.models.arch.edm_compat` — unpickling them as EDM does, running the code
+  they carry (only with ``checkpoint.trust_pickle=true``).
 
 Finding and checking files: :mod:`dode.models.files`; wrapping networks as denoisers:
 :mod:`dode.models.adapters`; the loaders: :mod:`dode.models.loaders`.

@@ -1,4 +1,6 @@
-"""Unpickle EDM network pickles (``edm-*.pkl``) without the EDM repository.
+"""Unpickle EDM network pickles (``edm-*.pkl``) without the EDM repository, RUNNING the code they carry:
+the path of ``checkpoint.trust_pickle=true`` only (the default reader, which runs nothing, is
+:mod:`dode.models.arch.edm_pickle`).
 
 EDM's pickles are "persistent": every network class is pickled as a call to
 ``torch_utils.persistence._reconstruct_persistent_obj(meta)``, where ``meta`` holds the full source
@@ -16,7 +18,8 @@ put back afterwards. dode ships no top-level ``torch_utils`` or ``dnnlib`` packa
 
 .. warning:: Unpickling runs code. A pickle can execute anything, and a persistent pickle executes
    the Python source it carries by design. Only load pickles from a source you trust (e.g. the files
-   NVIDIA publishes, checked against a checksum you recorded).
+   NVIDIA publishes, checked against a checksum you recorded), and only when dode's own reader cannot
+   (a network class dode does not implement).
 """
 from __future__ import annotations
 
