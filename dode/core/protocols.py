@@ -15,7 +15,9 @@ A :class:`Protocol` says how a solver discretises the probability-flow ODE for a
 Presets (:data:`PRESETS`): ``paper`` — what the D-ODE authors' code ran for that solver and model
 family (docs/protocol.md): for discrete-time models DDIM on ``uniform_torch`` into σ = 0, DPM-Solver,
 DPM-Solver++, iPNDM and DEIS time-uniform in continuous time to ``sigma_min`` with stages on the grid;
-for continuous (EDM) models EDM's ρ grid into σ = 0. ``dode`` — dode's earlier default: the model's
+for continuous (EDM) models EDM's ρ grid into σ = 0. DPM-Solver(++) also starts below the top
+training steps whose log-SNR is under −5.1, as the official ``NoiseScheduleVP`` clips them (none for
+DDPM's linear schedule). ``dode`` — dode's earlier default: the model's
 default spacing (integer time-uniform or EDM) into σ = 0 with fixed logSNR stages.
 """
 from __future__ import annotations
@@ -40,6 +42,7 @@ class Protocol:
     spacing: str | None = None
     endpoint: str = "zero"
     inner: str = "logsnr"
+    lambda_min: float | None = None  # discrete models: top steps with log-SNR below it are never visited
 
     def __post_init__(self) -> None:
         for value, valid, what in ((self.spacing, GRID_KINDS, "grid"), (self.endpoint, ENDPOINTS, "endpoint"),
@@ -51,7 +54,7 @@ class Protocol:
 
     def record(self) -> dict:
         """The protocol as a plain dict (provenance, run folders)."""
-        return {"grid": self.spacing, "endpoint": self.endpoint, "inner": self.inner}
+        return {"grid": self.spacing, "endpoint": self.endpoint, "inner": self.inner, "lambda_min": self.lambda_min}
 
 
 @dataclass(frozen=True)
@@ -80,8 +83,9 @@ DODE = Protocol()
 _PAPER_DISCRETE = {
     "ddim": Protocol("uniform_torch", "zero"),
     "euler": Protocol("uniform_torch", "zero"),
-    **{name: Protocol("time_uniform", "sigma_min", "grid")
-       for name in ("dpm1", "dpm2", "dpm3", "dpmpp2m", "dpmpp3m", "ipndm", "deis1", "deis2", "deis3")},
+    **{name: Protocol("time_uniform", "sigma_min", "grid", lambda_min=-5.1)  # official NoiseScheduleVP's clip
+       for name in ("dpm1", "dpm2", "dpm3", "dpmpp2m", "dpmpp3m")},
+    **{name: Protocol("time_uniform", "sigma_min", "grid") for name in ("ipndm", "deis1", "deis2", "deis3")},
 }
 
 

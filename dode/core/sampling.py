@@ -26,10 +26,10 @@ def solver_grid(denoiser, solver: str | Solver, nfe: int, grid: GridSpec = None,
     proto = resolve(grid, spec.name, denoiser, **overrides)
     if isinstance(proto, Protocol):
         plan = spec.plan(nfe, proto.endpoint == "zero")
+        ends = dict(endpoint=proto.endpoint, lambda_min=proto.lambda_min)
         if spec.stage_grid and proto.inner == "logsnr":
-            return spec, logsnr_stages(time_grid(denoiser, len(plan), proto.spacing, endpoint=proto.endpoint),
-                                       plan), plan
-        return spec, time_grid(denoiser, spec.intervals(plan), proto.spacing, endpoint=proto.endpoint), plan
+            return spec, logsnr_stages(time_grid(denoiser, len(plan), proto.spacing, **ends), plan), plan
+        return spec, time_grid(denoiser, spec.intervals(plan), proto.spacing, **ends), plan
     sig = torch.as_tensor(proto, dtype=torch.float64).flatten()
     plan = spec.plan(nfe, bool(sig[-1] == 0))
     sig = time_grid(denoiser, len(sig) - 1, sig)

@@ -124,7 +124,7 @@ def default_grid(denoiser: Denoiser) -> str:
 
 
 def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.0,
-              endpoint: str = "zero") -> Tensor:
+              endpoint: str = "zero", lambda_min: float | None = None) -> Tensor:
     """``steps + 1`` decreasing noise levels, float64, ending at σ = 0 (``endpoint="zero"``) or at the
     model's smallest time (``"sigma_min"``: discrete models τ = 1, i.e. training step 0; VE σ_min).
 
@@ -139,6 +139,11 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
       then σ = 0 (M = N) or nothing (``sigma_min``: M = N + 1).
     * ``logsnr``: log σ evenly spaced from σ_max to σ_min, the same way.
     * a tensor: used as given (must be decreasing; ``steps`` is then its length − 1).
+
+    ``lambda_min`` (discrete models): drop the training steps whose log-SNR λ = −log σ is below it
+    from the top, as the official DPM-Solver's ``NoiseScheduleVP`` does at −5.1 (the grid then starts
+    at τ = the number of steps kept; none are dropped for DDPM's linear schedule, 16 of 4000 for the
+    improved-DDPM cosine one).
     """
     if isinstance(kind, Tensor) or (kind is not None and not isinstance(kind, str)):
         sig = torch.as_tensor(kind, dtype=torch.float64).flatten()
@@ -157,6 +162,10 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
     sched = schedule_of(denoiser)
     to_zero = endpoint == "zero"
     smin, smax = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    t_max = sched.t_max
+    if lambda_min is not None and sched.discrete:
+        t_max = float(int((sched.sigma(torch.arange(1, sched.T + 1, dtype=torch.float64)) <= math.exp(-lambda_min)).sum()))
+        smax = float(sched.sigma(torch.tensor(t_max, dtype=torch.float64)))
     i = torch.arange(steps + 1, dtype=torch.float64)
     if kind == "uniform_torch":
         if not sched.discrete or not to_zero:
@@ -169,7 +178,7 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
         t_end = 0.0 if to_zero else (1.0 if sched.discrete else sched.t(torch.tensor(smin)).item())
         frac = 1 - i / steps
         u = frac if kind == "time_uniform" else frac**2
-        t = t_end + (sched.t_max - t_end) * u
+        t = t_end + (t_max - t_end) * u
         if sched.discrete and to_zero:
             t = torch.round(t)
             if len(torch.unique(t)) != len(t):

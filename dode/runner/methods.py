@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.errors import UserError
-from dode.learn import fit_correction, fit_iia, fit_s4s, fit_s4s_alt
+from dode.learn import fit_authors, fit_correction, fit_iia, fit_s4s, fit_s4s_alt
 
 if TYPE_CHECKING:
     from dode.runner.points import Point
@@ -112,11 +112,23 @@ S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_evals", "grid_step", "round_ite
 
 
 # ------------------------------------------------------------------------------- registered methods
-@register("dode")
+VARIANTS = ("aligned", "authors")
+
+
+def check_variant(distill: dict) -> None:
+    if distill.get("variant", "aligned") not in VARIANTS:
+        raise UserError(f"distill.variant must be one of {', '.join(VARIANTS)}, got {distill.get('variant')!r}")
+
+
+@register("dode", check=check_variant)
 def fit_dode(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
     """D-ODE and its appendix forms (``form``): :func:`dode.learn.fit_correction` against a K×
-    (``scale``) finer ``teacher`` (null: the solver's default)."""
+    (``scale``) finer ``teacher`` (null: the solver's default) on the student's own grid, or with
+    ``variant: authors`` against the authors' code's targets (:func:`dode.learn.fit_authors`)."""
     d = point.distill
+    if d.get("variant", "aligned") == "authors":
+        return fit_authors(denoiser, noise, point.solver["name"], point.nfe, point.scale, d.get("form", "dode"),
+                           grid=point.grid, progress=progress, **provenance)
     return fit_correction(denoiser, noise, point.solver["name"], point.nfe, point.scale, d.get("form", "dode"),
                           grid=point.grid, teacher=d.get("teacher"), progress=progress, **provenance)
 

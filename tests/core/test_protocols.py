@@ -54,13 +54,26 @@ def test_paper_grids_are_the_authors(vp):
     assert [tau[i] for i in (0, 3, 6, 9, 10)] == [1000.0, 750.0, 500.0, 250.0, 0.0]
 
 
+def test_dpm_solver_skips_the_top_steps_the_official_schedule_clips():
+    """The official NoiseScheduleVP drops the top steps with log-SNR < −5.1: 16 of the improved-DDPM
+    cosine schedule's 4000 (ImageNet-64: the grid starts at τ = 3984), none of DDPM's linear one."""
+    gm = GaussianMixture(torch.zeros(1, 4), [0.5])
+    cosine = gm.as_vp(DiscreteVPSchedule.cosine())
+    assert taus(cosine, "dpm3", 10)[1][:2] == [3984.0, 3585.7]
+    assert taus(cosine, "ipndm", 10)[1][0] == 4000.0  # th_deis does not clip
+    sigma_top = cosine.schedule.sigma(torch.tensor([3984.0, 3985.0], dtype=torch.float64))
+    assert -math.log(sigma_top[0]) >= -5.1 > -math.log(sigma_top[1])
+    assert taus(gm.as_vp(), "dpm3", 10)[1][0] == 1000.0
+
+
 def test_presets_resolve_per_model_family(vp):
     gm, den = vp
     assert resolve(None, "heun", gm) == Protocol("edm", "zero", "logsnr")  # EDM part: ρ grid to σ = 0
     assert resolve(None, "dpm3", gm) == Protocol("edm", "zero", "logsnr")
-    assert resolve(None, "dpm3", den) == Protocol("time_uniform", "sigma_min", "grid")
-    assert resolve("logsnr", "dpm3", den) == Protocol("logsnr", "sigma_min", "grid")
-    assert resolve(Preset("paper", endpoint="zero"), "dpm3", den) == Protocol("time_uniform", "zero", "grid")
+    assert resolve(None, "dpm3", den) == Protocol("time_uniform", "sigma_min", "grid", -5.1)
+    assert resolve(None, "deis3", den) == Protocol("time_uniform", "sigma_min", "grid")
+    assert resolve("logsnr", "dpm3", den) == Protocol("logsnr", "sigma_min", "grid", -5.1)
+    assert resolve(Preset("paper", endpoint="zero"), "dpm3", den) == Protocol("time_uniform", "zero", "grid", -5.1)
     assert resolve("dode", "ddim", den) == Protocol("time_uniform", "zero", "logsnr")
     with pytest.raises(InvalidChoice, match="unknown protocol 'authors'; valid protocols: paper, dode"):
         Preset("authors")
