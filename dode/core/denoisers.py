@@ -11,6 +11,8 @@ is a VE state ``x0 + σ·n`` and ``sigma`` a float64 tensor of shape ``(batch,)`
 """
 from __future__ import annotations
 
+import hashlib
+import weakref
 from typing import Callable, Protocol, runtime_checkable
 
 import torch
@@ -104,3 +106,27 @@ def native_prediction(denoiser: Denoiser) -> str:
     if pred not in ("eps", "x0"):
         raise ValueError(f"denoiser.prediction must be 'eps' or 'x0', got {pred!r}")
     return pred
+
+
+_DIGESTS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def weights_digest(denoiser) -> str | None:
+    """sha256 of the model's weights (every state-dict entry: name, dtype, shape, bytes), or None
+    for a model without any (not an ``nn.Module``, or one holding no tensors). Kept in run.json (has
+    the checkpoint behind a name changed?) and in a fitted correction's provenance (``model``: was
+    it fitted on this model?). Cached per module until one of its tensors changes in place."""
+    state = denoiser.state_dict() if isinstance(denoiser, nn.Module) else {}
+    if not state:
+        return None
+    versions = tuple(t._version for t in state.values())
+    hit = _DIGESTS.get(denoiser)
+    if hit is not None and hit[0] == versions:
+        return hit[1]
+    h = hashlib.sha256()
+    for name, t in sorted(state.items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    _DIGESTS[denoiser] = (versions, h.hexdigest())
+    return h.hexdigest()

@@ -124,10 +124,12 @@ class FittedFor:
     solver: str | None = None
     nfe: int | None = None
     sigmas: tuple[float, ...] | None = None
+    model: str | None = None  # sha256 of the model's weights (dode.core.denoisers.weights_digest)
 
-    def check(self, solver: str, nfe: int, sigmas: Sequence[float]) -> None:
-        """:class:`~dode.errors.CorrectionMismatch` (one line) unless ``solver``, ``nfe`` and ``sigmas``
-        are those it was fitted for (σ to 1e-12 relative: a grid read back from JSON)."""
+    def check(self, solver: str, nfe: int, sigmas: Sequence[float], model: str | None = None) -> None:
+        """:class:`~dode.errors.CorrectionMismatch` (one line) unless ``solver``, ``nfe``, ``sigmas`` and
+        the ``model`` digest are those it was fitted for (σ to 1e-12 relative: a grid read back from
+        JSON; a digest unknown on either side is not compared)."""
         want = ", ".join(x for x in (self.solver, f"NFE {self.nfe}" if self.nfe is not None else None) if x)
         if self.solver is not None and solver != self.solver:
             raise CorrectionMismatch(f"this correction was fitted for {want}, not for {solver}: fit one for {solver}")
@@ -139,6 +141,9 @@ class FittedFor:
                 raise CorrectionMismatch(f"this correction was fitted for {want} on another σ grid "
                                          f"({_grid_text(self.sigmas)}, not {_grid_text(theirs.tolist())}): "
                                          "sample on its grid (dode.learn.grid_of) or fit one for this grid")
+        if self.model and model and model != self.model:
+            raise CorrectionMismatch(f"this correction was fitted on another model (weights sha256 {self.model[:12]}…, "
+                                     f"this model's {model[:12]}…): fit one for this model")
 
 
 def _grid_text(sigmas: Sequence[float]) -> str:
@@ -184,21 +189,21 @@ class Correction:
 
     @property
     def fitted_for(self) -> FittedFor:
-        """The solver, NFE and σ grid this correction was fitted for (its provenance's ``solver``,
-        ``nfe``, ``sigmas``)."""
+        """The solver, NFE, σ grid and model this correction was fitted for (its provenance's
+        ``solver``, ``nfe``, ``sigmas``, ``model``)."""
         p = self.provenance or {}
         sig = p.get("sigmas")
         return FittedFor(p.get("solver"), int(p["nfe"]) if p.get("nfe") is not None else None,
-                         tuple(float(v) for v in sig) if sig is not None else None)
+                         tuple(float(v) for v in sig) if sig is not None else None, p.get("model"))
 
-    def check_run(self, solver: str, nfe: int, sigmas: Sequence[float]) -> None:
+    def check_run(self, solver: str, nfe: int, sigmas: Sequence[float], model: str | None = None) -> None:
         """Refuse (:class:`~dode.errors.CorrectionMismatch`, one line) a run this correction does not fit:
         θ for another number of evaluations than ``nfe``, or another solver, NFE or grid than it was
         fitted for (no θ is ever silently taken as 0)."""
         if len(self.theta) != int(nfe):
             raise CorrectionMismatch(f"the correction holds θ for {len(self.theta)} model evaluations, the run makes "
                                      f"{nfe}: it belongs to another NFE (or its file is incomplete)")
-        self.fitted_for.check(solver, nfe, sigmas)
+        self.fitted_for.check(solver, nfe, sigmas, model)
 
     def theta_at(self, k: int):
         """θ_k, or no parameters past the end of ``theta``."""

@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from dode.core.denoisers import weights_digest
 from dode.core.forms import Correction
 from dode.core.path import Call, ModelPath
 from dode.core.protocols import GridSpec, Protocol, resolve
@@ -54,12 +55,13 @@ def as_correction(lambdas: Correction | Sequence[float] | Tensor | None) -> Corr
 
 
 def checked(lambdas: Correction | Sequence[float] | Tensor | None, spec: Solver, nfe: int,
-            sigmas: Tensor) -> Correction | None:
+            sigmas: Tensor, denoiser=None) -> Correction | None:
     """The correction for a run of ``spec`` at ``nfe`` on ``sigmas``, refused (one line) where it does
     not fit: :meth:`Correction.check_run`."""
     correction = as_correction(lambdas)
     if correction is not None:
-        correction.check_run(spec.name, nfe, sigmas)
+        fitted_on = (correction.provenance or {}).get("model")
+        correction.check_run(spec.name, nfe, sigmas, weights_digest(denoiser) if fitted_on else None)
     return correction
 
 
@@ -94,7 +96,7 @@ def sample(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     solver, NFE or grid) is refused with :class:`~dode.errors.CorrectionMismatch`.
     """
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
-    return run_solver(ModelPath(denoiser, checked(lambdas, spec, nfe, sigmas)), spec, noise, sigmas, plan)
+    return run_solver(ModelPath(denoiser, checked(lambdas, spec, nfe, sigmas, denoiser)), spec, noise, sigmas, plan)
 
 
 def trajectory(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
@@ -103,5 +105,5 @@ def trajectory(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10,
     """Run like :func:`sample` and also return every evaluation as a :class:`~dode.core.path.Call`
     ``(σ, x, D)`` (for figures)."""
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
-    path = ModelPath(denoiser, checked(lambdas, spec, nfe, sigmas), record=True)
+    path = ModelPath(denoiser, checked(lambdas, spec, nfe, sigmas, denoiser), record=True)
     return run_solver(path, spec, noise, sigmas, plan), path.calls

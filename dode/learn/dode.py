@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dode.version import __version__
-from dode.core.denoisers import native_prediction
+from dode.core.denoisers import native_prediction, weights_digest
 from dode.core.forms import Correction, get_form
 from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, solver_grid
@@ -128,7 +128,7 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
     correction.space = correction.space or native_prediction(denoiser)
     correction.provenance = {
         "solver": spec.name, "nfe": nfe, "form": form, "grid": grid_record(grid, sigmas),
-        "sigmas": [float(v) for v in sigmas], "scale": scale,
+        "sigmas": [float(v) for v in sigmas], "model": weights_digest(denoiser), "scale": scale,
         "batch": int(noise.shape[0]), **info, "fit_seconds": time.perf_counter() - start,
         "teacher_seconds": teacher_seconds, "dode_version": __version__, **provenance,
     }

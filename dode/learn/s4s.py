@@ -27,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dode.version import __version__
+from dode.core.denoisers import weights_digest
 from dode.core.forms import Correction
 from dode.core.path import ModelPath
 from dode.core.sampling import run_solver, sample, solver_grid
@@ -261,7 +262,8 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
         params, log = optimise(problem, params, sigmas, iters, lr, val, eval_every, progress,
                                f"fit s4s {spec.name}@{nfe}", optimizer)
     prov = {"method": "s4s", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
-            "grid": grid_record(grid, sigmas), "sigmas": [float(v) for v in sigmas], "batch": int(noise.shape[0]),
+            "grid": grid_record(grid, sigmas), "sigmas": [float(v) for v in sigmas],
+            "model": weights_digest(denoiser), "batch": int(noise.shape[0]),
             "distance": problem.distance_name, "iters": iters, "lr": lr, **problem.teacher_info, **log,
             "student_runs": problem.runs, "fit_seconds": time.perf_counter() - start, "dode_version": __version__,
             **provenance}

@@ -20,6 +20,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dode.version import __version__
+from dode.core.denoisers import weights_digest
 from dode.core.forms import Correction
 from dode.core.protocols import GridSpec
 from dode.learn.grids import MonotoneGrid, grid_record
@@ -123,6 +124,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     prov = {"method": "s4s_alt", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
             "grid": [float(v) for v in sigmas], "grid_learned": True, "base_grid": grid_record(grid, base.base),
             "base_sigmas": [float(v) for v in base.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
+            "model": weights_digest(denoiser),
             "grid_space": grid_space, "free_end": bool(free_end), "rounds": rounds,
             "grid_evals": grid_evals, "batch": int(noise.shape[0]), "distance": problem.distance_name,
             "iters": iters, "round_iters": round_iters, "lr": lr, **problem.teacher_info, "loss_init": loss0,

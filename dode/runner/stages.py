@@ -25,6 +25,7 @@ from dode.errors import UserError
 from dode.runner.distributed import Context
 from dode.runner.points import META_KEYS, Point, check_with_model, image_shape, load_denoiser
 from dode.runner.results import csv_row, fit_seconds_of, record
+from dode.core.denoisers import weights_digest
 from dode.runner.seeds import eval_block, fit_block, make_noise, set_labels
 from dode.runner.store import (FORMAT, Manifest, RunLog, encode_shard, eval_id, file_lock, read_json,
                                remove_stale_tmp, run_dir, run_key, run_spec, sha256_bytes, shard_plan,
@@ -215,22 +216,6 @@ def metric_stage(point: Point, folder: Path, seed: int, rlog: RunLog, device: st
 
 
 # ------------------------------------------------------------------------------------------ driver
-def weights_digest(denoiser) -> str | None:
-    """sha256 of the model's weights (every state-dict entry: name, dtype, shape, bytes), or None
-    for a model without any (not an ``nn.Module``, or one holding no tensors). Run folders are named
-    after the config; this digest, kept in run.json, tells whether the checkpoint file behind the
-    name has changed since."""
-    state = denoiser.state_dict() if isinstance(denoiser, torch.nn.Module) else {}
-    if not state:
-        return None
-    h = hashlib.sha256()
-    for name, t in sorted(state.items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 def check_weights(folder: Path, weights: str | None, point: Point) -> None:
     """A run folder made with other weights under the same checkpoint name is never reused."""
     before = (read_json(folder / "run.json") or {}).get("weights_sha256")

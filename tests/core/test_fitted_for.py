@@ -70,3 +70,22 @@ def test_a_learned_grid_is_the_grid_the_correction_fits(models, mixture_noise):
     assert corr.provenance["grid_changed"]  # (these settings move the grid)
     with pytest.raises(CorrectionMismatch, match="another σ grid"):
         dode.sample(models["edm"], x, "ddim", 4, corr)
+
+
+def test_a_correction_is_refused_on_another_model(models, mixture_noise):
+    """The fit records the weights' sha256; sampling another model (or one changed in place) is refused."""
+    from dode.core.denoisers import weights_digest
+    from dode.core.oracle import GaussianMixture
+
+    edm = models["edm"]
+    fit = dode.fit_correction(edm, mixture_noise(16, 5), "ddim", 5, scale=4)
+    assert fit.fitted_for.model == weights_digest(edm) and len(fit.fitted_for.model) == 64
+    dode.sample(edm, mixture_noise(2, 0), "ddim", 5, fit)  # its own model
+    other = GaussianMixture(edm.means + 0.5, edm.stds)
+    with pytest.raises(CorrectionMismatch, match="fitted on another model"):
+        dode.sample(other, mixture_noise(2, 0), "ddim", 5, fit)
+    copy = GaussianMixture(edm.means.clone(), edm.stds)
+    dode.sample(copy, mixture_noise(2, 0), "ddim", 5, fit)  # equal weights: the same model
+    copy.means.add_(1e-3)  # changed in place: the cached digest is renewed
+    with pytest.raises(CorrectionMismatch, match="fitted on another model"):
+        dode.sample(copy, mixture_noise(2, 0), "ddim", 5, fit)

@@ -19,7 +19,7 @@ import pytest
 
 from dode.runner.points import build_points
 from dode.runner.results import read_runs
-from dode.runner.stages import weights_digest
+from dode.core.denoisers import weights_digest
 from dode.runner.store import read_json
 from runner_helpers import (CHOICES, ROOT, cmd, csv_values, digests, dode_run, env, manifest_count, oracle,
                             point_cfg, run_main, shards)
