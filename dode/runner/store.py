@@ -99,7 +99,7 @@ def run_dir(point: Point) -> Path:
 
 def eval_id(point: Point) -> str:
     """``<eval>-n<num_samples>-<hash6>``: the metric file of one seed."""
-    ds = {k: v for k, v in point.dataset.items() if k != "num_samples"}
+    ds = {k: v for k, v in point.dataset.items() if k not in ("num_samples", "num_classes")}
     h = short_hash({"eval": strip(point.eval), "dataset": strip(ds)}, 6)
     return f"{safe_name(point.choices.eval)}-n{point.num_samples}-{h}"
 

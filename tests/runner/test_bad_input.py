@@ -122,6 +122,8 @@ ON_REPO_CONF = [
     (["dataset=cifar10", "checkpoint=ddpm-cifar10", "eval=fd_digits"], ["eval=fd_digits scores 1×8×8 images"]),
     (["solver.grid=nope"], ["nope"]),
     (["nfe=250", "scale=10"], ["scale=10 is impossible", "scale ≤ 4"]),
+    (["dataset=imagenet64", "checkpoint=edm-imagenet-64x64-cond-adm", "checkpoint.num_classes=10"],
+     ["conditioned on 10 classes but dataset imagenet64 has 1000"]),
 ]
 
 
