@@ -152,15 +152,26 @@ def check_group_options(argv: list[str], conf: Path) -> str | None:
     return None
 
 
+# Hydra's flags followed by a value of their own (--info's is optional), which is no key=value
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
 def check_override_syntax(argv: list[str]) -> str | None:
     """A readable message for a command-line argument Hydra cannot parse as ``key=value`` (an unquoted
     path with spaces splits in two; non-ASCII letters and some characters need quotes), else None."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
+    flag_value = False
     for arg in argv:
-        if arg.startswith("-"):
-            continue  # -m, --multirun, --help, … are Hydra's flags
+        if arg.startswith("-"):  # -m, --multirun, --help, … are Hydra's flags; some take the next argument
+            flag_value = arg in HYDRA_VALUE_FLAGS
+            continue
+        if flag_value and "=" not in arg:  # `--cfg job`, `--info defaults`, `-cn my_config`
+            flag_value = False
+            continue
+        flag_value = False
         try:
             parser.parse_overrides([arg])
         except Exception as e:  # Hydra's OverrideParseException (ANTLR lexer/parser errors)
