@@ -56,7 +56,8 @@ def _job() -> tuple[int, tuple[str, ...]]:
 
 def app(cfg, after_run: AfterRun | None = None) -> list[dict] | None:
     """One Hydra job: check the options, build the points, run them on every process, print the
-    summary table (and, outside a sweep, what ``after_run`` adds: :data:`AfterRun`). In a sweep, every way the job ends is recorded for the sweep's summary
+    summary table (and, outside a sweep, what ``after_run`` adds: :data:`AfterRun`). In a sweep,
+    every way the job ends is recorded for the sweep's summary
     (:mod:`dode.runner.sweep`) and the sweep goes on."""
     from dode.runner.sweep import CRASHED, FINISHED, USER_ERROR, JobOutcome, save_outcome
 
