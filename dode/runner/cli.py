@@ -216,6 +216,7 @@ def main(after_run: AfterRun | None = None) -> None:
     if msg:
         print(f"dode-run: error: {msg}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
     def job(cfg) -> list[dict] | None:
         return app(cfg, after_run)
 

@@ -242,8 +242,9 @@ def stop_workers(processes: list, grace_s: float = 5.0) -> None:
         alive = [p for p in processes if p.is_alive()]
         if not alive:
             return
-        for p in alive if sig is not None else ():
-            os.kill(p.pid, sig)
+        if sig is not None:
+            for p in alive:
+                os.kill(p.pid, sig)
         deadline = time.monotonic() + grace_s
         for p in alive:
             p.join(max(0.0, deadline - time.monotonic()))
