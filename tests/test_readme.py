@@ -19,3 +19,12 @@ def test_readme_python_example_runs():
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["distilled"].shape == (16, 1, 8, 8)
     assert not scope["distilled"].equal(scope["base"])
+
+
+def test_readme_names_every_report_artifact_and_every_doc():
+    from dode.report.render import ARTIFACTS
+
+    text = README.read_text()
+    assert [a for a in ARTIFACTS if f"`{a}`" not in text] == []
+    docs = sorted(p.name for p in (README.parent / "docs").glob("*.md"))
+    assert [d for d in docs if f"(docs/{d})" not in text] == []

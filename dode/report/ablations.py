@@ -43,10 +43,12 @@ def table_formulations(runs: pd.DataFrame, opt: Options) -> list[Path]:
                 "skipped")
         return []
     nfes = present_nfes(d, opt.nfe or protocol().table_nfe)
-    rows = [[method_label("ddim", dist)] + [cell(rows_of(d, distill=dist, nfe=n)).text for n in nfes]
+    with_min = opt.with_min(ck)
+    rows = [[method_label("ddim", dist)] + [cell(rows_of(d, distill=dist, nfe=n), with_min).text for n in nfes]
             for dist in PAPER_TABLE2 if (d["distill"] == dist).any()]
     t = Table(f"Formulations of D-DDIM — {opt.dataset} · {ck} (paper Table 2 analogue)", ["NFE"] + nfes, rows,
-              caption_common(info, d["seed"].unique()) + f"; K = {opt.scale}, B = {opt.batch}, λ fitted once (fit seed "
+              caption_common(info, d["seed"].unique(), with_min)
+              + f"; K = {opt.scale}, B = {opt.batch}, λ fitted once (fit seed "
               f"{opt.fit_seed}). Sep: D̃ = a·D_k + b·D_k−1; All: free weights on every previous output; D-DDIM: "
               "D̃ = D_k + λ(D_k − D_k−1); D-DDIM-2: two λ on the last two differences.")
     diff = _formulation_differences(d, nfes)
@@ -55,7 +57,7 @@ def table_formulations(runs: pd.DataFrame, opt: Options) -> list[Path]:
                    "reference.")
     paper = _published(PAPER_TABLE2, "Published (paper Table 2: CIFAR-10, DDPM, FID of 50K samples)",
                        "Quoted from the paper for comparison (one value per cell).")
-    long = long_form(d[d["nfe"].isin(nfes)], ["distill", "nfe"])
+    long = long_form(d[d["nfe"].isin(nfes)], ["distill", "nfe"], with_min)
     long.insert(0, "method", [method_label("ddim", x) for x in long["distill"]])
     return write_tables(opt, stem("formulations", opt, ck), [t, paired, paper] if diff else [t, paper], long)
 
@@ -104,7 +106,7 @@ def _ablation(runs: pd.DataFrame, opt: Options, which: str) -> list[Path]:
                             "Per evaluation seed (same noises, each side with its fit seed = that seed), mean ± std "
                             "over seeds; negative = better than the reference. The seed-to-seed spread of the table "
                             "above is mostly common to every row."))
-    long = long_form(dode[dode["nfe"].isin(nfes)], [which, "nfe"])
+    long = long_form(dode[dode["nfe"].isin(nfes)], [which, "nfe"], opt.with_min(ck))
     return write_tables(opt, stem(f"ablation-{which}", opt, ck), tables, long)
 
 
@@ -117,21 +119,24 @@ def _ablation_table(d: pd.DataFrame, dode: pd.DataFrame, info: Selection, opt: O
     """A row per K (or B) and the base DDIM row; K·N > T cells show the capped teacher's run (†)."""
     T = timesteps_of(opt.checkpoint)
     symbol = "K" if which == "scale" else "B"
+    with_min = opt.with_min(opt.checkpoint)
     rows, capped = [], False
     for v in _values(dode, which):
-        cells = [_ablation_cell(dode, which, v, n, T) for n in nfes]
+        cells = [_ablation_cell(dode, which, v, n, T, with_min) for n in nfes]
         capped |= any(c.endswith("†") for c in cells)
         rows.append([f"{symbol} = {v}"] + cells)
     base = d[d["distill"] == "none"]
     if not base.empty:
-        rows.append([f"{method_label('ddim', 'none')} (no λ)"] + [cell(base[base["nfe"] == n]).text for n in nfes])
+        rows.append([f"{method_label('ddim', 'none')} (no λ)"] + [cell(base[base["nfe"] == n], with_min).text
+                                                                 for n in nfes])
     capped_note = (f"† K·N > T = {T}: the runner refuses a teacher longer than the model's T timesteps. The paper "
                    "notes that at NFE 50 \"scales 20 and 30 ... generate samples guided by the same teacher\" (the "
                    "teacher capped at T); the value shown in parentheses is therefore the K = T // NFE run's.")
     notes = [capped_note] if capped else []
     label = f"scale K (teacher steps per student step; B = {opt.batch})" if which == "scale" else \
         f"batch B (noises of the λ fit; K = {opt.scale})"
-    cap = (caption_common(info, dode["seed"].unique()) + ". Each evaluation seed s uses its own λ fit (fit seed s), "
+    cap = (caption_common(info, dode["seed"].unique(), with_min)
+           + ". Each evaluation seed s uses its own λ fit (fit seed s), "
            "so the spread includes the choice of the fit batch, as in the paper's independent runs. Paper: larger K "
            "and B give lower FID (and, for B, lower variance); the effect shrinks as NFE grows; its numbers are "
            f"{NOT_GIVEN}.")
@@ -139,14 +144,14 @@ def _ablation_table(d: pd.DataFrame, dode: pd.DataFrame, info: Selection, opt: O
                  f"3{'a' if which == 'scale' else 'b'} analogue)", ["NFE"] + nfes, rows, cap, notes)
 
 
-def _ablation_cell(dode: pd.DataFrame, which: str, v: int, n: int, T: int | None) -> str:
+def _ablation_cell(dode: pd.DataFrame, which: str, v: int, n: int, T: int | None, with_min: bool = False) -> str:
     """The cell of K (or B) = ``v`` at NFE ``n``; a K the runner refuses (K·N > T) shows the K = T // N
     run in parentheses with a dagger (the paper's capped teacher)."""
     g = rows_of(dode, **{which: v}, nfe=n)
     if g.empty and which == "scale" and T and v * n > T and T // n >= 1:
         g2 = rows_of(dode, scale=T // n, nfe=n)
-        return f"({cell(g2).text})†" if not g2.empty else "—†"
-    return cell(g).text
+        return f"({cell(g2, with_min).text})†" if not g2.empty else "—†"
+    return cell(g, with_min).text
 
 
 # ------------------------------------------------------------------------------- Section 13 / Table 4
@@ -161,10 +166,11 @@ def table_lookahead(runs: pd.DataFrame, opt: Options) -> list[Path]:
         opt.say(f"table-lookahead: no Fixed-D-DDIM or LA-DDIM runs of {opt.dataset}/{ck}; skipped")
         return []
     nfes = present_nfes(d, opt.nfe or protocol().table_nfe)
-    grid = long_form(d[d["distill"].isin(ONE_LAMBDA)], ["distill", "lam", "nfe"]) \
+    with_min = opt.with_min(ck)
+    grid = long_form(d[d["distill"].isin(ONE_LAMBDA)], ["distill", "lam", "nfe"], with_min) \
         if d["distill"].isin(ONE_LAMBDA).any() else pd.DataFrame(columns=["distill", "lam", "nfe", "mean"])
     out = write_tables(opt, stem("lookahead", opt, ck), _lookahead_tables(d, grid, info, opt, nfes),
-                       long_form(d[d["nfe"].isin(nfes)], ["distill", "lam", "nfe"]))
+                       long_form(d[d["nfe"].isin(nfes)], ["distill", "lam", "nfe"], with_min))
     if len(grid):
         refs = {dist: {n: stats(rows_of(d, distill=dist, nfe=n)["value"].astype(float))[0] for n in nfes}
                 for dist in ("none", "dode")}
@@ -179,16 +185,18 @@ def _lookahead_tables(d: pd.DataFrame, grid: pd.DataFrame, info: Selection, opt:
                       nfes: list[int]) -> list[Table]:
     """The methods with the best λ of the grid, the grid itself (when run), the published values."""
     ck = opt.checkpoint
+    with_min = opt.with_min(ck)
     lams = sorted(float(x) for x in grid["lam"].dropna().unique()) if len(grid) else []
-    rows = [[method_label("ddim", dist)] + [_lookahead_cell(d, grid, dist, n) for n in nfes]
+    rows = [[method_label("ddim", dist)] + [_lookahead_cell(d, grid, dist, n, with_min) for n in nfes]
             for dist in ("none", "dode", *ONE_LAMBDA) if (d["distill"] == dist).any()]
     tables = [Table(f"DDIM, D-DDIM, Fixed-D-DDIM and LA-DDIM — {opt.dataset} · {ck} (paper Section 13, Table 4 "
                     "analogue)", ["NFE"] + nfes, rows,
-                    caption_common(info, d["seed"].unique()) + ". Fixed-D-DDIM (one λ for every step in D-DDIM's "
+                    caption_common(info, d["seed"].unique(), with_min)
+                    + ". Fixed-D-DDIM (one λ for every step in D-DDIM's "
                     "form) and LA-DDIM (lookahead: x̂0' = x̂0_k + λ(x̂0_k − x̂0_k−1)) show the best λ of the grid "
                     f"{{{', '.join(f'{x:g}' for x in lams)}}} per NFE, chosen on the same seeds it is reported on "
                     "(so slightly optimistic); D-DDIM needs no search.")]
-    grid_rows = _grid_rows(grid, lams, nfes)
+    grid_rows = _grid_rows(grid, lams, nfes, with_min)
     if grid_rows:
         tables.append(Table("The grid search", ["NFE"] + nfes, grid_rows,
                             f"Every λ of the grid; figure: figures/{stem('lookahead-grid', opt, ck)}.png."))
@@ -196,18 +204,23 @@ def _lookahead_tables(d: pd.DataFrame, grid: pd.DataFrame, info: Selection, opt:
                                 f"Quoted; the λ the paper's grid searches chose are {NOT_GIVEN}.")]
 
 
-def _lookahead_cell(d: pd.DataFrame, grid: pd.DataFrame, dist: str, n: int) -> str:
+def _lookahead_cell(d: pd.DataFrame, grid: pd.DataFrame, dist: str, n: int, with_min: bool = False) -> str:
     """DDIM and D-DDIM: the cell; a one-λ method: its best λ of the grid at NFE ``n``."""
     if dist not in ONE_LAMBDA:
-        return cell(rows_of(d, distill=dist, nfe=n)).text
+        return cell(rows_of(d, distill=dist, nfe=n), with_min).text
     gl = grid[(grid["distill"] == dist) & (grid["nfe"] == n) & (grid["n"] > 0)]
     if gl.empty:
         return "—"
     b = gl.loc[gl["mean"].idxmin()]
-    return f"{fmt_pm(b['mean'], b['std'], int(b['n']))} (λ = {b['lam']:g})"
+    return f"{_grid_cell(b, with_min)} (λ = {b['lam']:g})"
 
 
-def _grid_rows(grid: pd.DataFrame, lams: list[float], nfes: list[int]) -> list[list]:
+def _grid_cell(row: pd.Series, with_min: bool) -> str:
+    """A row of the grid's long form as a cell (``with_min``: with its minimum over seeds)."""
+    return fmt_pm(row["mean"], row["std"], int(row["n"]), minimum=row["min"] if with_min else None)
+
+
+def _grid_rows(grid: pd.DataFrame, lams: list[float], nfes: list[int], with_min: bool = False) -> list[list]:
     """A row per one-λ method and λ of the grid (rows with no run left out)."""
     rows = []
     for dist in ONE_LAMBDA:
@@ -215,7 +228,7 @@ def _grid_rows(grid: pd.DataFrame, lams: list[float], nfes: list[int]) -> list[l
             cells = []
             for n in nfes:
                 gl = grid[(grid["distill"] == dist) & (grid["lam"] == lam) & (grid["nfe"] == n)]
-                cells.append(fmt_pm(gl["mean"].iloc[0], gl["std"].iloc[0], int(gl["n"].iloc[0])) if len(gl) else "—")
+                cells.append(_grid_cell(gl.iloc[0], with_min) if len(gl) else "—")
             if any(c != "—" for c in cells):
                 rows.append([f"{method_label('ddim', dist)} λ = {lam:g}"] + cells)
     return rows

@@ -97,6 +97,9 @@ def parser() -> argparse.ArgumentParser:
                     help=f"NFE of Fig. 6's DDIM columns (default {_csv(p.samples_nfe['ddim'])})")
     ap.add_argument("--samples-nfe-heun", type=_ints, default=None,
                     help=f"NFE of Fig. 6's EDM (Heun) columns (default {_csv(p.samples_nfe['heun'])})")
+    ap.add_argument("--min-over-seeds", action=argparse.BooleanOptionalAction, default=None,
+                    help="cells also show the minimum over the evaluation seeds (EDM's convention), or not "
+                         "(default: conf/paper.yaml's aggregate, per dataset and part)")
     ap.add_argument("--quiet", action="store_true")
     return ap
 
@@ -108,7 +111,7 @@ def options(a: argparse.Namespace) -> Options:
              "tables": a.tables, "figures": a.figures, "metric": a.metric, "num_samples": a.num_samples,
              "scale": a.scale, "batch": a.batch, "fit_seed": a.fit_seed, "nfe": a.nfe, "device": a.device,
              "threads": a.threads, "steps": a.steps, "trajectory_nfe": a.trajectory_nfe, "quiet": a.quiet,
-             "learned_solver": a.learned_solver}
+             "learned_solver": a.learned_solver, "min_over_seeds": a.min_over_seeds}
     if a.teacher_noise or a.teacher_edm:
         given["teachers"] = {**protocol().teachers, **{role: v for role, v in (("noise", a.teacher_noise),
                                                                                 ("edm", a.teacher_edm)) if v}}

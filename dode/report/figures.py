@@ -67,23 +67,27 @@ def _log_y(ax, vals) -> None:
 
 
 # ---------------------------------------------------------------------------------------- runs.csv
-def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str, ylabel: str, stem: Path) -> list[Path]:
-    """One axis: each solver a colour; base dashed, D-ODE solid; error bars = std over seeds."""
+def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str, ylabel: str, stem: Path,
+               learned: str = "dode", variant: str = "D-ODE") -> list[Path]:
+    """One axis: each solver a colour; base (distill ``none``) dashed, its ``learned`` variant (a distill
+    option, named ``variant`` in the caption) solid; error bars = std over seeds."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     vals = long["mean"].astype(float)
     for i, s in enumerate(solvers):
         c = COLORS[i % len(COLORS)]
-        for dist, ls, mk, label in (("none", "--", "o", solver_label(s)), ("dode", "-", "s", method_label(s, "dode"))):
+        lines = [("none", "--", "o", solver_label(s))]
+        lines += [(learned, "-", "s", method_label(s, learned))] if learned != "none" else []
+        for dist, ls, mk, label in lines:
             g = long[(long["solver"] == s) & (long["distill"] == dist)].sort_values("nfe")
             if g.empty:
                 continue
             ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color=c, ls=ls, marker=mk, ms=4, lw=1.5,
-                        capsize=2, label=label, alpha=0.95 if dist == "dode" else 0.75)
+                        capsize=2, label=label, alpha=0.95 if dist == learned else 0.75)
     ax.set_xscale("log")
     _log_y(ax, vals)
     _nfe_axes(fig, ax, long["nfe"], ylabel, title,
-              caption + ". Dashed: base solver; solid: its D-ODE variant; bars: ± std.")
+              caption + f". Dashed: base solver; solid: its {variant} variant; bars: ± std.")
     return save(fig, stem)
 
 

@@ -16,8 +16,8 @@ from dode.report.labels import method_label, metric_label, reference_label, solv
 from dode.report.options import Options
 from dode.report.protocol import SolverNFE, protocol, s4s_teacher
 from dode.report.registry import artifact
-from dode.report.tables import (Cell, Table, caption_common, cell, fit_seconds, fit_value, long_form, present_nfes,
-                                rows_of, stem, write_tables)
+from dode.report.tables import (Cell, Table, caption_common, cell, fit_seconds, fit_value, long_form, minimum,
+                                present_nfes, rows_of, stem, write_tables)
 
 FIT_CAPTION = ("`fit_seconds` of the run: D-ODE one teacher and one student run; IIA one student run plus the fine "
                "solver from every step; S4S the teacher samples plus Adam through the student; S4S-Alt also the grid "
@@ -59,10 +59,10 @@ def table_learned(runs: pd.DataFrame, opt: Options) -> list[Path]:
 
 def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -> list[Path]:
     """The tables, CSV and figure of one checkpoint."""
-    s = opt.learned_solver
+    s, with_min = opt.learned_solver, opt.with_min(ck)
     d, info = select(runs, opt, ck, scale=opt.scale, batch=opt.batch)
     ref_rows = rows_of(d, distill="none", solver=teacher[0], nfe=teacher[1])
-    ref = Reference(*teacher, ref_rows, cell(ref_rows))
+    ref = Reference(*teacher, ref_rows, cell(ref_rows, with_min))
     d = d[(d["solver"] == s) & d["distill"].isin(learned_methods())]
     if not d["distill"].isin([m for m in learned_methods() if m not in ("none", "dode")]).any():
         opt.say(f"table-learned: no {s} runs of IIA or S4S of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; "
@@ -70,10 +70,10 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
         return []
     nfes = present_nfes(d, opt.nfe or protocol().learned_nfe)
     d = d[d["nfe"].isin(nfes)]
-    curves = long_form(d, ["distill", "nfe"])
+    curves = long_form(d, ["distill", "nfe"], with_min)
     name = stem("learned", opt, ck)
     tables = _learned_tables(d, curves, ref, nfes, info, opt, ck, name)
-    data = _learned_csv(d, curves, ref, s)
+    data = _learned_csv(d, curves, ref, s, with_min)
     metric = metric_label(info.metric)
     return write_tables(opt, name, tables, data) + figures.learned_vs_nfe(
         curves, s, learned_methods(), (ref.cell.mean, ref.cell.std, ref.label) if ref.cell.n else None,
@@ -81,10 +81,11 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
         caption_common(info, d["seed"].unique()), metric, opt.figures / name)
 
 
-def _caption(d: pd.DataFrame, info: Selection, opt: Options, name: str) -> str:
+def _caption(d: pd.DataFrame, info: Selection, opt: Options, ck: str, name: str) -> str:
     t_solver, t_nfe = s4s_teacher()
     teacher = "Heun" if t_solver == "heun" else solver_label(t_solver)
-    return (caption_common(info, d["seed"].unique()) + f"; every method on {solver_label(opt.learned_solver)}: the "
+    return (caption_common(info, d["seed"].unique(), opt.with_min(ck))
+            + f"; every method on {solver_label(opt.learned_solver)}: the "
             f"base solver, D-ODE (K = {opt.scale}), IIA (M = K fine sub-steps per step), S4S and S4S-Alt (teacher "
             f"{teacher}, {t_nfe} NFE; distance L2, or \"features\": the digits classifier's features, the network of "
             f"FD-digits); every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit per cell, "
@@ -97,11 +98,12 @@ def _learned_tables(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, nfes:
     """The methods over NFE (with the goal), their ratio to the reference, their fit times."""
     s, header = opt.learned_solver, ["NFE"] + nfes
     methods = [m for m in learned_methods() if (d["distill"] == m).any()]
-    cells = {m: [cell(rows_of(d, distill=m, nfe=n)) for n in nfes] for m in methods}
+    cells = {m: [cell(rows_of(d, distill=m, nfe=n), opt.with_min(ck)) for n in nfes] for m in methods}
     rows = [[method_label(s, m)] + [c.text for c in cells[m]] for m in methods]
     rows += [[f"reference: {ref.label}"] + [ref.cell.text] * len(nfes)] if ref.cell.n else []
     notes = [_goal(curves, s, ref, info)] if protocol().goal_nfe in nfes else []
-    tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", header, rows, _caption(d, info, opt, name), notes)]
+    caption = _caption(d, info, opt, ck, name)
+    tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", header, rows, caption, notes)]
     if ref.cell.n:
         tables.append(_ratio_table(cells, ref, s, header))
     return tables + _fit_table(d, [m for m in methods if m != "none"], s, nfes)
@@ -120,12 +122,14 @@ def _ratio_table(cells: dict[str, list[Cell]], ref: Reference, solver: str, head
                  "Mean over seeds divided by the reference's mean.")
 
 
-def _learned_csv(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, solver: str) -> pd.DataFrame:
+def _learned_csv(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, solver: str,
+                 with_min: bool = False) -> pd.DataFrame:
     """``curves`` with each method's label and fit time, then the reference's row."""
     curves.insert(0, "method", [method_label(solver, x) for x in curves["distill"]])
     curves["fit_seconds"] = [fit_value(rows_of(d, distill=r.distill, nfe=r.nfe)) for r in curves.itertuples()]
+    low = {"min": minimum(ref.rows["value"].astype(float))} if with_min else {}
     reference = pd.DataFrame([{"method": f"reference: {ref.label}", "distill": "none", "nfe": ref.nfe,
-                               "mean": ref.cell.mean, "std": ref.cell.std, "n": ref.cell.n,
+                               "mean": ref.cell.mean, "std": ref.cell.std, **low, "n": ref.cell.n,
                                "seeds": " ".join(str(int(x)) for x in sorted(ref.rows["seed"].unique()))}]) \
         if ref.cell.n else pd.DataFrame()
     return pd.concat([curves, reference], ignore_index=True)

@@ -13,7 +13,7 @@ from dode.report.options import Options
 from dode.report.protocol import checkpoint_config, protocol
 from dode.report.registry import artifact
 from dode.report.tables import (NOT_GIVEN, Table, caption_common, cell, fit_seconds, fit_value, fmt_pm, long_form,
-                                paired_difference, rows_of, stem, write_tables)
+                                minimum, paired_difference, rows_of, stem, write_tables)
 
 PREDICTION_KIND = {"eps": "noise-prediction model (paper Fig. 3)", "x0": "data-prediction model (paper Fig. 4)"}
 # Training-based distillation costs as the paper's text states them (Table 1's numbers are absent).
@@ -51,29 +51,31 @@ def fig_fid_nfe(runs: pd.DataFrame, opt: Options) -> list[Path]:
 
 def _fid_nfe_of(d: pd.DataFrame, info: Selection, opt: Options, ck: str) -> list[Path]:
     """The figure and its table of one checkpoint's base / D-ODE pairs ``d``."""
-    long = long_form(d, ["solver", "distill", "nfe"])
+    with_min = opt.with_min(ck)
+    long = long_form(d, ["solver", "distill", "nfe"], with_min)
     solvers = list(dict.fromkeys(d["solver"]))
     kind = PREDICTION_KIND.get(checkpoint_config(ck).get("prediction"), "(paper Figs. 3/4)")
     name = stem("fid-nfe", opt, ck)
-    caption = caption_common(info, d["seed"].unique())
+    caption = caption_common(info, d["seed"].unique(), with_min)
     out = figures.fid_vs_nfe(long, solvers, f"{metric_label(info.metric)} vs NFE — {opt.dataset} · {ck}, {kind}",
                              caption, metric_label(info.metric), opt.figures / name)
     t = Table(f"{metric_label(info.metric)} vs NFE: {opt.dataset} · {ck}",
-              ["solver", "NFE", "base", "D-ODE", "D-ODE − base", "λ fit [s]"], _fid_nfe_rows(d, solvers),
+              ["solver", "NFE", "base", "D-ODE", "D-ODE − base", "λ fit [s]"], _fid_nfe_rows(d, solvers, with_min),
               caption + f"; D-ODE: K = {opt.scale}, B = {opt.batch}, λ fitted once on fit seed {opt.fit_seed}. "
               "D-ODE − base: mean ± std over seeds of the per-seed difference (both use the same noises, so it "
               f"is far less noisy than either column). Figure: figures/{name}.png", [])
     return out + write_tables(opt, name, [t], long)
 
 
-def _fid_nfe_rows(d: pd.DataFrame, solvers: list[str]) -> list[list]:
-    """Per solver and NFE: base, D-ODE, their paired difference and the λ fit time."""
+def _fid_nfe_rows(d: pd.DataFrame, solvers: list[str], with_min: bool = False) -> list[list]:
+    """Per solver and NFE: base, D-ODE (``with_min``: with the minimum over seeds), their paired
+    difference and the λ fit time."""
     rows = []
     for s in solvers:
         for nfe in sorted(d[d["solver"] == s]["nfe"].unique()):
             base, dode = rows_of(d, solver=s, nfe=nfe, distill="none"), rows_of(d, solver=s, nfe=nfe, distill="dode")
-            rows.append([f"{solver_label(s)} / {method_label(s, 'dode')}", int(nfe), cell(base).text,
-                         cell(dode).text, paired_difference(dode, base), fit_seconds(dode)])
+            rows.append([f"{solver_label(s)} / {method_label(s, 'dode')}", int(nfe), cell(base, with_min).text,
+                         cell(dode, with_min).text, paired_difference(dode, base), fit_seconds(dode)])
     return rows
 
 
@@ -96,7 +98,7 @@ def table_time(runs: pd.DataFrame, opt: Options) -> list[Path]:
         if d.empty:
             continue
         infos.append((ck, info))
-        for row, record in _time_rows(d, ck, info):
+        for row, record in _time_rows(d, ck, info, opt.with_min(ck)):
             rows.append(row)
             data.append(record)
     if not rows:
@@ -105,20 +107,21 @@ def table_time(runs: pd.DataFrame, opt: Options) -> list[Path]:
     return write_tables(opt, stem("time", opt), _time_tables(rows, infos, opt), pd.DataFrame(data))
 
 
-def _time_rows(d: pd.DataFrame, ck: str, info: Selection) -> list[tuple[list, dict]]:
+def _time_rows(d: pd.DataFrame, ck: str, info: Selection, with_min: bool = False) -> list[tuple[list, dict]]:
     """(Markdown row, CSV record) per D-ODE solver and NFE (D-EDM first: the paper's Table 1 is D-EDM
-    on CIFAR-10)."""
+    on CIFAR-10); ``with_min``: the metric also as its minimum over seeds."""
     out = []
     for s in sorted(d["solver"].unique(), key=lambda s: (s != "heun", s)):
         for nfe in sorted(d[d["solver"] == s]["nfe"].unique()):
             dode = rows_of(d, solver=s, nfe=nfe, distill="dode")
             if not dode.empty:
-                out.append(_time_row(dode, rows_of(d, solver=s, nfe=nfe, distill="none"), ck, s, int(nfe), info))
+                out.append(_time_row(dode, rows_of(d, solver=s, nfe=nfe, distill="none"), ck, s, int(nfe), info,
+                                     with_min))
     return out
 
 
 def _time_row(dode: pd.DataFrame, base: pd.DataFrame, ck: str, s: str, nfe: int,
-              info: Selection) -> tuple[list, dict]:
+              info: Selection, with_min: bool = False) -> tuple[list, dict]:
     """Fit time, sampling time of ``time_samples`` (D-ODE and base) and their total, for one cell."""
     k = protocol().time_samples
     per = lambda x: x["sample_seconds"].astype(float) / x["num_samples"].astype(float) * k  # noqa: E731
@@ -129,11 +132,18 @@ def _time_row(dode: pd.DataFrame, base: pd.DataFrame, ck: str, s: str, nfe: int,
     total = fit + sm if np.isfinite(fit) and sn else float("nan")
     row = [ck, method_label(s, "dode"), nfe, f"{fit:.1f}" if np.isfinite(fit) else "—", fmt_pm(sm, ss, sn, 0),
            fmt_pm(bm, bs, bn, 0), f"{total:.0f}" if np.isfinite(total) else "—",
-           f"{total / 60:.1f}" if np.isfinite(total) else "—", fmt_pm(*stats(dode["value"].astype(float)), 2)]
+           f"{total / 60:.1f}" if np.isfinite(total) else "—", cell(dode, with_min).text]
     key = f"sample_seconds_{_thousands(k).lower()}"
     return row, {"checkpoint": ck, "method": method_label(s, "dode"), "solver": s, "nfe": nfe, "fit_seconds": fit,
-                 key: sm, f"{key}_std": ss, f"base_{key}": bm, "total_seconds": total, "value": val, "n": vn,
+                 key: sm, f"{key}_std": ss, f"base_{key}": bm, "total_seconds": total, "value": val,
+                 **({"value_min": minimum(dode["value"].astype(float))} if with_min else {}), "n": vn,
                  "num_samples_measured": info.num_samples, "metric": info.metric}
+
+
+def _min_note(checkpoints: list[str]) -> str:
+    """The caption's note on the metric cells that also show the minimum over seeds (none: "")."""
+    return (f" The metric of {', '.join(checkpoints)} also shows (min …), its minimum over the seeds, as EDM "
+            "reports FID (conf/paper.yaml: aggregate)." if checkpoints else "")
 
 
 def _time_tables(rows: list[list], infos: list[tuple[str, Selection]], opt: Options) -> list[Table]:
@@ -148,7 +158,7 @@ def _time_tables(rows: list[list], infos: list[tuple[str, Selection]], opt: Opti
                f"{opt.batch} noises). Sampling: **extrapolated linearly** to {k:,} samples from the measured "
                f"generation time (runs.csv `sample_seconds` / `num_samples`, mean ± std over seeds; measured on "
                f"{measured}). Total = λ fit + sampling {kk}. Times are those of the machine that ran dode-run "
-               f"(results/README.md).")
+               f"(results/README.md)." + _min_note([ck for ck, _ in infos if opt.with_min(ck)]))
     t2 = Table("Training-based distillation costs as quoted by the paper",
                ["method", "distillation time", f"sampling {kk}", "what the text says"],
                [list(r) for r in QUOTED_COSTS], "Quoted, not measured. The paper's Table 1 compares the time to reach "

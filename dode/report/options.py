@@ -43,6 +43,7 @@ class Options:
     trajectory_nfe: int = 10
     sample_grid: int = 16                # images per cell of Fig. 6
     samples_nfe: dict[str, tuple[int, ...]] = field(default_factory=samples_nfe_of)
+    min_over_seeds: bool | None = None   # cells also show the minimum over seeds (None: conf/paper.yaml's aggregate)
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -55,6 +56,15 @@ class Options:
         for key in ("scale", "batch", "fit_seed"):
             if getattr(self, key) is None:
                 setattr(self, key, int(runner_default(key, self.dataset)))
+
+    def with_min(self, checkpoint: str | None) -> bool:
+        """Whether the tables of ``checkpoint`` show the minimum over seeds beside mean ± std: the
+        ``min_over_seeds`` option, else conf/paper.yaml's ``aggregate`` of its part (edm for
+        ``edm_checkpoint``, noise otherwise)."""
+        if self.min_over_seeds is not None:
+            return self.min_over_seeds
+        part = "edm" if checkpoint is not None and checkpoint == self.edm_checkpoint else "noise"
+        return "min" in protocol().statistics(self.dataset, part)
 
     def say(self, msg: str) -> None:
         """Print a progress line unless ``quiet``."""

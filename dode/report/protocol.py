@@ -8,13 +8,15 @@ checkpoint's schedule (``conf/checkpoint``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from dode.runner.config import config_dir, group_option
 
 SolverNFE = tuple[str, int]
+PARTS = ("noise", "edm")          # the paper's two parts: noise-prediction and data-prediction (EDM) models
+STATISTICS = ("mean", "min")      # what a table cell can show over the evaluation seeds
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,12 @@ class Protocol:
     teachers: dict[str, SolverNFE]   # model role ("noise", "edm") → reference solver
     goal_nfe: int
     goal_ratio: float
+    aggregate: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # dataset → part → statistics
+
+    def statistics(self, dataset: str, part: str) -> tuple[str, ...]:
+        """What a table cell of ``dataset``'s ``part`` (noise, edm) shows over the seeds: ``("mean",)``
+        (mean ± std) or ``("mean", "min")`` (and the minimum); ``aggregate`` of conf/paper.yaml."""
+        return self.aggregate.get(dataset, {}).get(part, ("mean",))
 
     def learned_for(self, dataset: str) -> tuple[str, ...]:
         """The learned methods table-learned's sweep runs on ``dataset``."""
@@ -65,6 +73,25 @@ def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
 
 
+def parse_aggregate(node: dict | None) -> dict[str, dict[str, tuple[str, ...]]]:
+    """conf/paper.yaml's ``aggregate`` (dataset → part → list of statistics), checked: parts are
+    noise and edm, statistics mean and min, and mean is always shown; ValueError naming the entry."""
+    out: dict[str, dict[str, tuple[str, ...]]] = {}
+    for dataset, parts in (node or {}).items():
+        out[str(dataset)] = {}
+        for part, stats in (parts or {}).items():
+            stats = tuple(str(x) for x in ([stats] if isinstance(stats, str) else stats))
+            where = f"conf/paper.yaml: aggregate.{dataset}.{part}"
+            if part not in PARTS:
+                raise ValueError(f"{where}: unknown part {part!r}; valid: {', '.join(PARTS)}")
+            bad = [x for x in stats if x not in STATISTICS]
+            if bad or "mean" not in stats:
+                raise ValueError(f"{where} = {list(stats)}: a list of {', '.join(STATISTICS)} with mean in it "
+                                 "(tables always show mean ± std), e.g. [mean] or [mean, min]")
+            out[str(dataset)][str(part)] = stats
+    return out
+
+
 @lru_cache(maxsize=None)
 def protocol() -> Protocol:
     """``conf/paper.yaml`` as a :class:`Protocol` (read once)."""
@@ -81,7 +108,8 @@ def protocol() -> Protocol:
         learned_solver=str(learned["solver"]), learned_methods=tuple(learned["methods"]),
         digits_only=tuple(learned["digits_only"]), learned_nfe=_ints(learned["nfe"]),
         teachers={role: parse_solver_nfe(v) for role, v in learned["teachers"].items()},
-        goal_nfe=int(learned["goal_nfe"]), goal_ratio=float(learned["goal_ratio"]))
+        goal_nfe=int(learned["goal_nfe"]), goal_ratio=float(learned["goal_ratio"]),
+        aggregate=parse_aggregate(c.get("aggregate")))
 
 
 @lru_cache(maxsize=None)

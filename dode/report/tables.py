@@ -1,7 +1,9 @@
 """Tables: the :class:`Table` record, its Markdown, the files written, and the cell formats.
 
 A cell is ``mean ± std`` over the evaluation seeds (sample std, ddof = 1; one seed: its value alone;
-none: "—"); a paired difference is the mean ± std over seeds of the per-seed difference (same noises).
+none: "—"), followed by ``(min x)``, the minimum over the seeds, where ``conf/paper.yaml``'s
+``aggregate`` asks for it (:meth:`Options.with_min`); a paired difference is the mean ± std over seeds
+of the per-seed difference (same noises).
 """
 from __future__ import annotations
 
@@ -72,20 +74,25 @@ def stem(kind: str, opt: Options, checkpoint: str | None = None) -> str:
     return "-".join(x for x in (kind, opt.dataset, checkpoint) if x)
 
 
-def fmt_pm(mean: float, std: float, n: int, digits: int = 2) -> str:
-    """``"12.34 ± 0.56"``; one seed: ``"12.34"``; nothing: ``"—"``."""
+def fmt_pm(mean: float, std: float, n: int, digits: int = 2, minimum: float | None = None) -> str:
+    """``"12.34 ± 0.56"``, with ``minimum``: ``"12.34 ± 0.56 (min 11.90)"``; one seed: ``"12.34"``;
+    nothing: ``"—"``."""
     if not n or not np.isfinite(mean):
         return "—"
     if n == 1 or not np.isfinite(std):
         return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return text if minimum is None else f"{text} (min {minimum:.{digits}f})"
 
 
-def caption_common(info: Selection, seeds: Iterable) -> str:
-    """The start of every caption: the metric, the samples per seed and the seeds."""
+def caption_common(info: Selection, seeds: Iterable, with_min: bool = False) -> str:
+    """The start of every caption: the metric, the samples per seed and the seeds (and, ``with_min``,
+    that cells also show the minimum over them)."""
     seeds = sorted({int(s) for s in seeds})
-    return (f"{metric_label(info.metric)} (lower is better) of {info.num_samples} samples per evaluation "
+    text = (f"{metric_label(info.metric)} (lower is better) of {info.num_samples} samples per evaluation "
             f"seed; mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})")
+    return text + (" and (min …) the minimum over them (EDM's convention)"
+                   if with_min else "")
 
 
 class Cell(NamedTuple):
@@ -97,20 +104,28 @@ class Cell(NamedTuple):
     n: int
 
 
-def cell(d: pd.DataFrame) -> Cell:
-    """The cell of rows ``d`` (mean ± std of ``value`` over its seeds)."""
-    m, s, n = stats(d["value"].astype(float))
-    return Cell(fmt_pm(m, s, n), m, s, n)
+def minimum(values: Iterable[float]) -> float:
+    """The minimum of the finite values (NaN for none)."""
+    v = [x for x in values if x is not None and np.isfinite(x)]
+    return float(min(v)) if v else float("nan")
 
 
-def long_form(d: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Long-form CSV: one row per group of ``keys`` with mean, std, n, seeds."""
+def cell(d: pd.DataFrame, with_min: bool = False) -> Cell:
+    """The cell of rows ``d`` (mean ± std of ``value`` over its seeds; ``with_min``: and their minimum)."""
+    values = d["value"].astype(float)
+    m, s, n = stats(values)
+    return Cell(fmt_pm(m, s, n, minimum=minimum(values) if with_min else None), m, s, n)
+
+
+def long_form(d: pd.DataFrame, keys: list[str], with_min: bool = False) -> pd.DataFrame:
+    """Long-form CSV: one row per group of ``keys`` with mean, std (``with_min``: min), n, seeds."""
     rows = []
     for k, g in d.groupby(keys, dropna=False, sort=True):
         k = k if isinstance(k, tuple) else (k,)
-        m, s, n = stats(g["value"].astype(float))
-        rows.append({**dict(zip(keys, k)), "mean": m, "std": s, "n": n,
-                     "seeds": " ".join(str(int(x)) for x in sorted(g["seed"].unique()))})
+        values = g["value"].astype(float)
+        m, s, n = stats(values)
+        rows.append({**dict(zip(keys, k)), "mean": m, "std": s, **({"min": minimum(values)} if with_min else {}),
+                     "n": n, "seeds": " ".join(str(int(x)) for x in sorted(g["seed"].unique()))})
     return pd.DataFrame(rows)
 
 

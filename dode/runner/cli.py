@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from dode.errors import UserError
 from dode.runner import sweep
@@ -13,6 +14,9 @@ from dode.runner.options import check_argv_keys
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# what a command built on the runner adds after a single run's summary table (``dode-run``: the
+# report's figure of the job, :mod:`dode.cli`): the job's points → lines to print under the table
+AfterRun = Callable[[list], str]
 
 
 def _choices() -> dict:
@@ -50,16 +54,17 @@ def _job() -> tuple[int, tuple[str, ...]]:
     return int(hc.job.get("num", 0) or 0), tuple(hc.overrides.task)
 
 
-def app(cfg) -> list[dict] | None:
+def app(cfg, after_run: AfterRun | None = None) -> list[dict] | None:
     """One Hydra job: check the options, build the points, run them on every process, print the
-    summary table. In a sweep, every way the job ends is recorded for the sweep's summary
+    summary table (and, outside a sweep, what ``after_run`` adds: :data:`AfterRun`). In a sweep,
+    every way the job ends is recorded for the sweep's summary
     (:mod:`dode.runner.sweep`) and the sweep goes on."""
     from dode.runner.sweep import CRASHED, FINISHED, USER_ERROR, JobOutcome, save_outcome
 
     multirun = _multirun()
     num, overrides = _job()
     try:
-        rows, text = run_job(cfg, overrides)
+        rows, text = run_job(cfg, overrides, None if multirun else after_run)
     except UserError as e:
         _fail(str(e), multirun)
         save_outcome(JobOutcome(num, overrides, USER_ERROR, str(e).splitlines()[0]))
@@ -81,9 +86,9 @@ def app(cfg) -> list[dict] | None:
     return rows
 
 
-def run_job(cfg, overrides: tuple[str, ...] = ()) -> tuple[list[dict] | None, str]:
-    """(rows, summary table) of one job; every input is checked before any work, and a full or
-    read-only disk is a :class:`~dode.errors.UserError` naming the path."""
+def run_job(cfg, overrides: tuple[str, ...] = (), after_run: AfterRun | None = None) -> tuple[list[dict] | None, str]:
+    """(rows, summary table and what ``after_run`` adds) of one job; every input is checked before any
+    work, and a full or read-only disk is a :class:`~dode.errors.UserError` naming the path."""
     from omegaconf import OmegaConf
 
     from dode.runner.distributed import launch
@@ -107,12 +112,15 @@ def run_job(cfg, overrides: tuple[str, ...] = ()) -> tuple[list[dict] | None, st
                       threads_per_worker=lc.get("threads_per_worker"),
                       timeout_min=float(lc.get("timeout_min", 600)))
         text = summary(points)
+        main_rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0
+        if after_run is not None and main_rank and points:
+            text += "\n" + after_run(points)
     except OSError as e:
         err = disk_error(e)
         if err is None:
             raise
         raise err from None
-    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)) or 0) == 0:
+    if main_rank:
         print()
         print(text)
     return rows, text
@@ -145,15 +153,26 @@ def check_group_options(argv: list[str], conf: Path) -> str | None:
     return None
 
 
+# Hydra's flags followed by a value of their own (--info's is optional), which is no key=value
+HYDRA_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun", "--info", "-i"}
+
+
 def check_override_syntax(argv: list[str]) -> str | None:
     """A readable message for a command-line argument Hydra cannot parse as ``key=value`` (an unquoted
     path with spaces splits in two; non-ASCII letters and some characters need quotes), else None."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
+    flag_value = False
     for arg in argv:
-        if arg.startswith("-"):
-            continue  # -m, --multirun, --help, … are Hydra's flags
+        if arg.startswith("-"):  # -m, --multirun, --help, … are Hydra's flags; some take the next argument
+            flag_value = arg in HYDRA_VALUE_FLAGS
+            continue
+        if flag_value and "=" not in arg:  # `--cfg job`, `--info defaults`, `-cn my_config`
+            flag_value = False
+            continue
+        flag_value = False
         try:
             parser.parse_overrides([arg])
         except Exception as e:  # Hydra's OverrideParseException (ANTLR lexer/parser errors)
@@ -182,8 +201,9 @@ def check_launcher_plugin(argv: list[str]) -> str | None:
     return None
 
 
-def main() -> None:
-    """``dode-run``: checks the command line, then runs the Hydra app (one job, or a sweep's jobs)."""
+def main(after_run: AfterRun | None = None) -> None:
+    """The runner's command line (``python -m dode.runner``; ``dode-run`` adds ``after_run``: :mod:`dode.cli`):
+    checks the command line, then runs the Hydra app (one job, or a sweep's jobs)."""
     import hydra
 
     try:
@@ -196,7 +216,11 @@ def main() -> None:
     if msg:
         print(f"dode-run: error: {msg}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(app)()
+
+    def job(cfg) -> list[dict] | None:
+        return app(cfg, after_run)
+
+    hydra.main(version_base="1.3", config_path=str(conf), config_name="config")(job)()
     result, sweep.LAST = sweep.LAST, None
     if result is not None and result.exit_status:
         sys.exit(result.exit_status)

@@ -14,13 +14,16 @@ barriers: everything they exchange goes through the run folders (λ JSON, shards
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -196,9 +199,10 @@ def _spawn(fn, payload, world: int, device: str, backend, threads: int | None, t
     import torch.multiprocessing as mp
 
     errors = mp.get_context("spawn").SimpleQueue()
-    procs = mp.start_processes(_worker, args=(fn, payload, world, free_port(), device, backend, threads,
-                                              timeout_min, errors), nprocs=world, join=False,
-                               start_method="spawn")
+    with omp_threads(_threads(threads, pick_device(device, 0), world)):
+        procs = mp.start_processes(_worker, args=(fn, payload, world, free_port(), device, backend, threads,
+                                                  timeout_min, errors), nprocs=world, join=False,
+                                   start_method="spawn")
     try:
         while not procs.join():
             pass
@@ -210,12 +214,42 @@ def _spawn(fn, payload, world: int, device: str, backend, threads: int | None, t
     except mp.ProcessRaisedException as e:
         raise RuntimeError(f"worker {e.error_index} of {world} failed:\n{e.msg}") from None
     except KeyboardInterrupt:
-        for p in procs.processes:
-            if p.is_alive():
-                p.terminate()
-        for p in procs.processes:
-            p.join()
+        stop_workers(procs.processes)
         raise
+
+
+@contextlib.contextmanager
+def omp_threads(n: int | None) -> Iterator[None]:
+    """``OMP_NUM_THREADS=n`` in the environment the workers are spawned with, unless it is set (each
+    worker's OpenMP pool then starts at its share of the cores instead of all of them)."""
+    if n is None or "OMP_NUM_THREADS" in os.environ:
+        yield
+        return
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    try:
+        yield
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+
+
+def stop_workers(processes: list, grace_s: float = 5.0) -> None:
+    """Stop spawned workers after Ctrl-C. The terminal sends SIGINT to every process of its group, so
+    the workers end on their own first (their KeyboardInterrupt), releasing what they hold; killing
+    them at once would leave their semaphores (tqdm's lock) to the resource tracker, which warns about
+    "leaked semaphore objects". A worker still alive after ``grace_s`` (the SIGINT reached this process
+    alone) gets SIGINT, and after as long again SIGTERM."""
+    for sig in (None, signal.SIGINT, signal.SIGTERM):
+        alive = [p for p in processes if p.is_alive()]
+        if not alive:
+            return
+        if sig is not None:
+            for p in alive:
+                os.kill(p.pid, sig)
+        deadline = time.monotonic() + grace_s
+        for p in alive:
+            p.join(max(0.0, deadline - time.monotonic()))
+    for p in processes:
+        p.join()
 
 
 def _exit_reason(e) -> str:

@@ -190,38 +190,57 @@ def rebuild_runs(results_dir: str | Path) -> int:
     return len(rows)
 
 
-def summary(points: list[Point], table: Any = None) -> str:
-    """A readable table of the points' rows in runs.csv: solver, NFE, base vs correction (mean ± std
-    over the seeds), λ fit time. ``table``: runs.csv as a DataFrame (default: read from the results dir)."""
-    if not points:
-        return ""
+def job_rows(points: list[Point], table: Any = None) -> Any:
+    """The rows of runs.csv that ``points`` wrote (their run folders, metric, evaluation seeds and
+    samples per seed). ``table``: runs.csv as a DataFrame (default: read from the results dir)."""
     first = points[0]
     df = read_runs(first.results_dir) if table is None else table
     dirs = {str(run_dir(p)) for p in points}
     eids = {p.choices.eval for p in points}
-    seeds = set(first.seeds)
-    df = df[df["run_dir"].astype(str).isin(dirs) & df["metric"].isin(eids) & df["seed"].isin(seeds)
-            & (df["num_samples"] == first.num_samples)]
+    return df[df["run_dir"].astype(str).isin(dirs) & df["metric"].isin(eids) & df["seed"].isin(set(first.seeds))
+              & (df["num_samples"] == first.num_samples)]
+
+
+def _pm(values: Any, sign: str = "") -> str:
+    """``mean ± std`` (sample std) of the values, the value alone for one."""
+    v = values.astype(float)
+    return f"{v.mean():{sign}.3f}" if len(v) == 1 else f"{v.mean():{sign}.3f} ± {v.std(ddof=1):.3f}"
+
+
+def summary(points: list[Point], table: Any = None) -> str:
+    """A readable table of the points' rows in runs.csv (lower is better): solver, NFE, base vs
+    correction (mean ± std over the seeds), their paired difference (correction − base per seed, both
+    on the same noises; mean ± std over the seeds), λ fit time. ``table``: as for :func:`job_rows`."""
+    if not points:
+        return ""
+    first = points[0]
+    df = job_rows(points, table)
     if df.empty:
         return "(no finished runs)"
+    seeds = set(first.seeds)
     order = list(dict.fromkeys(p.choices.distill for p in points))
     labels = {p.choices.distill: display_label(p.distill.get("label", p.choices.distill),
                                                str(p.solver.get("label", p.solver["name"]))) for p in points}
     spread = ", mean ± std over seeds" if len(seeds) > 1 else ""
     lines = [f"{first.choices.dataset} · {first.choices.checkpoint} · {first.choices.eval} "
-             f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {first.num_samples} samples{spread})"]
+             f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {first.num_samples} samples{spread}; "
+             "lower is better)"]
     header = ["solver", "NFE"] + [f"{labels[d]} ({d})" if labels[d] != d else d for d in order]
+    learned = [d for d in order if d != "none"]
+    paired = "none" in order and len(learned) == 1
+    header += [f"{labels[learned[0]]} − {labels['none']}"] if paired else []
     fitted = [d for d in order if df[df["distill"] == d]["fit_seconds"].notna().any()]
     header += ["λ fit [s]"] if fitted else []
     rows = []
     for (solver, nfe), g in df.groupby(["solver", "nfe"], sort=False):
         row = [solver, str(nfe)]
         for d in order:
-            v = g[g["distill"] == d]["value"].astype(float)
-            if v.empty:
-                row.append("—")
-            else:
-                row.append(f"{v.mean():.3f}" if len(v) == 1 else f"{v.mean():.3f} ± {v.std(ddof=1):.3f}")
+            v = g[g["distill"] == d]["value"]
+            row.append("—" if v.empty else _pm(v))
+        if paired:
+            per_seed = [g[g["distill"] == d].groupby("seed")["value"].mean() for d in (learned[0], "none")]
+            diff = per_seed[0].sub(per_seed[1]).dropna()
+            row.append("—" if diff.empty else _pm(diff, "+"))
         if fitted:
             f = g[g["distill"].isin(fitted)]["fit_seconds"].astype(float)
             row.append(f"{f.max():.1f}" if f.notna().any() else "—")
@@ -234,5 +253,8 @@ def summary(points: list[Point], table: Any = None) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     lines += [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    if paired:
+        lines.append(f"{header[2 + len(order)]}: the difference per seed (both on the same noises), "
+                     f"{'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}")
     lines.append(f"runs.csv: {Path(first.results_dir) / RUNS_CSV}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ or a crash (a one-line reason) — written as ``<status>/job-<num>.json``, where
 folder the sweep's process made in the sweep folder (``$DODE_SWEEP_STATUS``, inherited by the jobs of any launcher that
 keeps the environment: Hydra's basic launcher, submitit's local and SLURM executors). The Hydra
 callback :class:`SweepStatus` (``hydra.callbacks`` in ``conf/config.yaml``) makes that folder when
-the sweep starts and, when it ends, prints every outcome in job order and removes it;
+the sweep starts and, when it ends, prints every outcome in job order and removes it (and the empty
+folder named like a pattern, ``.submitit/%j``, that submitit's local executor leaves);
 :data:`LAST` then holds the exit status of the sweep: 0 when every job finished, 2 when only user
 errors failed, 1 when a job crashed.
 """
@@ -90,6 +91,18 @@ def format_outcomes(outcomes: list[JobOutcome]) -> str:
     return "\n".join(lines)
 
 
+def remove_pattern_folder(pattern: str | None) -> None:
+    """submitit's local executor (``hydra/launcher=submitit_local``) makes the folder of its jobs'
+    logs as the pattern itself (``<sweep dir>/.submitit/%j``, literally) beside the jobs' own folders,
+    and leaves it empty: remove it, and each parent whose name is a pattern too, when empty."""
+    if not pattern or "%" not in str(pattern):
+        return
+    folder = Path(str(pattern))
+    while "%" in folder.name and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
 try:
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover - hydra is a dependency
@@ -112,6 +125,7 @@ class SweepStatus(Callback):
 
     def on_multirun_end(self, config: Any, **kwargs: Any) -> None:
         global LAST
+        remove_pattern_folder(config.hydra.launcher.get("submitit_folder"))
         folder = os.environ.pop(STATUS_ENV, None)
         if not folder:
             return

@@ -74,3 +74,7 @@ def test_the_quoted_forms_parse():
 
     assert check_override_syntax(['checkpoint.path="/data/my model é.pt"', "nfe=[5,10]", "-m", "distill=dode,iia",
                                   "hydra.searchpath=[file:///tmp/conf]", "+eval.inception_weights=/w.pth"]) is None
+    # the values of Hydra's own flags are no overrides; the overrides after them are still checked
+    assert check_override_syntax(["--cfg", "job", "-cn", "config", "--info", "defaults", "nfe=5"]) is None
+    assert "cannot read `dir/x.pt`" in check_override_syntax(["--cfg", "job", "dir/x.pt"])
+    assert "cannot read `dir/x.pt`" in check_override_syntax(["--info", "nfe=5", "dir/x.pt"])

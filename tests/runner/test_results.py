@@ -41,3 +41,23 @@ def test_a_row_states_the_fid_mode_and_a_digits_row_none(tmp_path):
     back = read_runs(tmp_path).set_index("seed")
     assert back.loc[0, "mode"] == "legacy_tensorflow" and back.loc[0, "value"] == 3.1
     assert back["mode"].isna().loc[1] and list(back.reset_index().columns)[-1] == "mode"
+
+
+def test_the_summary_says_lower_is_better_and_shows_the_paired_difference(tmp_path):
+    """Base and D-ODE at one NFE on seeds 0 and 1; the difference is per seed (same noises), so its
+    std is that of (21 − 30, 23 − 31) = (−9, −8), not of either column."""
+    from dode.runner.points import build_points
+    from dode.runner.results import csv_row, summary
+    from dode.runner.store import run_dir
+    from runner_helpers import CHOICES, point_cfg
+
+    base, dode = build_points(point_cfg(tmp_path), CHOICES, with_files=False)
+    values = [(base, 0, 30.0), (base, 1, 31.0), (dode, 0, 21.0), (dode, 1, 23.0)]
+    record(tmp_path, [csv_row(p, run_dir(p), s, {"value": v}, 1.0 if p is dode else None) for p, s, v in values])
+    record(tmp_path, [csv_row(dode, run_dir(dode), 2, {"value": 99.0}, 1.0)])  # another seed: not this job's
+    lines = summary([base, dode]).splitlines()
+    assert lines[0].endswith("(2 seeds × 64 samples, mean ± std over seeds; lower is better)")
+    assert lines[1].split("  ")[-2:] == ["D-ODE − DDIM", "λ fit [s]"]
+    assert lines[3].split() == ["ddim", "4", "30.500", "±", "0.707", "22.000", "±", "1.414", "-8.500", "±", "0.707",
+                                "1.0"]
+    assert lines[4].startswith("D-ODE − DDIM: the difference per seed")

@@ -140,6 +140,36 @@ def test_sigkill_of_a_worker_then_resume_matches_one_process(reference, tiny_con
     assert csv_values(results) == csv_values(reference)
 
 
+def test_ctrl_c_with_two_workers_stops_them_without_leaked_semaphores(tiny_conf, tmp_path):
+    """Ctrl-C reaches the whole process group: the workers end on their own, so the resource tracker
+    has nothing to warn about (killing them at once left their tqdm semaphores behind)."""
+    results = tmp_path / "r"
+    proc = subprocess.Popen(cmd(tiny_conf, results, "world_size=2"), env=env(delay=0.01), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
+    wait_for_shards(results, proc, 3)
+    workers = spawned_workers(proc.pid)
+    assert len(workers) == 2
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun the same command to resume" in err, err[-2000:]
+    assert "leaked" not in err and "Traceback" not in err, err[-2000:]
+    assert not [w for w in workers if Path(f"/proc/{w}").exists()]
+
+
+def test_spawned_workers_get_omp_num_threads_unless_it_is_set(monkeypatch):
+    from dode.runner.distributed import omp_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with omp_threads(1):
+        assert os.environ["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in os.environ
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with omp_threads(1):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+    with omp_threads(None):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+
+
 def spawned_workers(pid: int) -> list[int]:
     out = []
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
