@@ -38,7 +38,7 @@ from dode.errors import InvalidChoice, UserError
 from dode.learn.distances import get_distance, per_sample_distances
 from dode.learn.grids import grid_record
 from dode.learn.record import feature_columns
-from dode.learn.relaxed import RelaxedStarts
+from dode.learn.relaxed import RelaxedStarts, ld3_radius
 
 __all__ = ["S4S_FORMS", "s4s_form", "teacher_samples", "S4SProblem", "validation_pair", "optimise", "fit_s4s"]
 
@@ -86,10 +86,13 @@ class S4SProblem:
     @classmethod
     def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int | None, grid: GridSpec, teacher: str,
               teacher_nfe: int, teacher_grid: GridSpec, targets: Tensor | None, distance: str | Callable,
-              lpips_weights: str | None, classifier: str | None, chunk: int | None, radius: float | None = None,
-              relax_step: float = 1.0) -> "S4SProblem":
+              lpips_weights: str | None, classifier: str | None, chunk: int | None,
+              radius: float | str | None = None, relax_step: float = 1.0) -> "S4SProblem":
         """The problem of :func:`fit_s4s` (``window`` None: no coefficients): the teacher runs here
-        unless ``targets`` are given; ``radius`` not None: the relaxed objective with that radius."""
+        unless ``targets`` are given; ``radius`` not None: the relaxed objective with that radius
+        (``"ld3"``: LD3's default for the sample size and the number of steps)."""
+        if isinstance(radius, str) and radius != "ld3":
+            raise InvalidChoice(f"radius must be a number, 'ld3' (LD3's default) or null, not {radius!r}")
         form = None if window is None else s4s_form(window)
         spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
         start = time.perf_counter()
@@ -111,7 +114,9 @@ class S4SProblem:
         else:
             present = feature_columns(denoiser, spec, sigmas, plan, form)
             mask = torch.tensor([[float(c) for c in row] for row in present], dtype=torch.float64)
-        starts = None if radius is None else RelaxedStarts(noise, radius, relax_step)
+        if radius == "ld3":
+            radius = ld3_radius(tuple(noise.shape[1:]), len(plan))
+        starts = None if radius is None else RelaxedStarts(noise, float(radius), relax_step)
         return cls(denoiser, noise, targets.to(noise.dtype), spec, sigmas, plan, form, mask, dist, dname, tinfo,
                    chunk, starts)
 
@@ -287,7 +292,7 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
             distance: str | Callable = "l2", iters: int = 200, lr: float = 3e-2, chunk: int | None = None,
             val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
             init: Correction | None = None, optimizer: str = "adam", lpips_weights: str | None = None,
-            classifier: str | None = None, radius: float | None = None, relax_step: float = 1.0,
+            classifier: str | None = None, radius: float | str | None = None, relax_step: float = 1.0,
             progress: bool = False, **provenance) -> Correction:
     """S4S (Frankel et al. 2025): learn the per-evaluation coefficients of ``solver`` on its last
     ``window`` data predictions (form ``s4s``/``s4s2``/``s4s4``) so that its final samples from
@@ -300,8 +305,8 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
     ``val_targets``) when given, else by the training loss. ``distance``: ``"l2"``
     (mean squared error), ``"fd_digits"`` (digits-classifier features), ``"lpips"`` (with
     ``lpips_weights``) or a callable ``(x, y) -> batch-mean scalar``; ``radius``: the relaxed objective
-    (:mod:`dode.learn.relaxed`, the student starts within that distance of each noise; ``relax_step``
-    its step in units of the radius; None: the plain objective). Returns a
+    (:mod:`dode.learn.relaxed`, the student starts within that distance of each noise, ``"ld3"``: LD3's
+    default radius; ``relax_step`` its step in units of the radius; None: the plain objective). Returns a
     :class:`~dode.core.forms.Correction` (float θ) with ``fit_seconds`` and the losses in its provenance.
     """
     start = time.perf_counter()

@@ -30,14 +30,19 @@ from dode.learn.s4s import S4SProblem, optimise, validation_pair
 __all__ = ["GRID_SEARCHES", "grid_gradient", "fit_s4s_alt"]
 
 GRID_SEARCHES = ("gradient", "nelder_mead")
+END_START = 0.1  # the smallest |ℓ| of a free end a gradient search starts from
 
 
 def grid_gradient(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: Tensor, loss0: float, iters: int,
                   lr: float, progress: bool, desc: str) -> tuple[Tensor, float, int]:
     """Adam on the grid's free logits (``params`` fixed) for ``iters`` steps, learning rate ``lr`` with a
     cosine decay to lr/100; the gradient reaches ℓ through σ(ℓ) (chain rule through a σ leaf, so the
-    loss's chunks each backpropagate to σ). Returns (best logits seen, its loss, student runs)."""
-    ell = logits.detach().clone().requires_grad_(True)
+    loss's chunks each backpropagate to σ). A free end at |ℓ| < :data:`END_START` starts from there
+    (its σ a little above σ_lo). Returns (best logits seen, its loss, student runs)."""
+    ell = logits.detach().clone()
+    if mg.free_end:  # the end's map u_lo + (u_0 − u_lo)(1 − e^{−ℓ²}) is stationary at ℓ = 0 (σ_lo): start off it
+        ell[-1] = ell[-1].abs().clamp_min(END_START)
+    ell.requires_grad_(True)
     opt = torch.optim.Adam([ell], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iters, 1), eta_min=lr * 0.01)
     best, runs = (loss0, logits.detach().clone()), 0
@@ -108,7 +113,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
                 round_iters: int | None = None, lr: float = 3e-2, chunk: int | None = None,
                 val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
                 optimizer: str = "adam", lpips_weights: str | None = None, classifier: str | None = None,
-                rho: float = 7.0, free_end: bool = True, radius: float | None = None, relax_step: float = 1.0,
+                rho: float = 7.0, free_end: bool = True, radius: float | str | None = None, relax_step: float = 1.0,
                 progress: bool = False, **provenance) -> Correction:
     """S4S-Alt (Frankel et al. 2025): alternate S4S's coefficient fit (Adam, see :func:`fit_s4s`)
     with the time grid's (:class:`MonotoneGrid` logits in ``grid_space``; ``grid_search="gradient"``:
