@@ -16,6 +16,7 @@ import math
 from collections.abc import Collection
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from dode.core.denoisers import as_sigma, native_prediction
@@ -65,9 +66,10 @@ class ModelPath:
         """One network evaluation D(x, σ) (one NFE)."""
         d = self.evaluate(x, sigma)
         self.nfe += 1
-        self.sigmas.append(float(sigma))
+        level = float(sigma.detach() if isinstance(sigma, Tensor) else sigma)
+        self.sigmas.append(level)
         if self.calls is not None:
-            self._record(Call(float(sigma), x, d))
+            self._record(Call(level, x, d))
         return d
 
     def _record(self, call: Call) -> None:
@@ -96,10 +98,11 @@ class ModelPath:
         if self.correction is None:
             return d_hat
         form = get_form(self.correction.form)
-        cur = Estimate(x, float(sigma), d_hat)
+        sig = sigma if isinstance(sigma, Tensor) and sigma.requires_grad else float(sigma)  # a learned grid's σ
+        cur = Estimate(x, sig, d_hat)
         if self.space == "eps" and k == 0:  # x_T in VP scale plays the output before the first
-            prior = x / math.sqrt(1 + float(sigma) ** 2)
-            self.history = [Estimate(x, float(sigma), x - float(sigma) * prior)]
+            prior = x / (torch.sqrt(1 + sig**2) if isinstance(sig, Tensor) else math.sqrt(1 + sig**2))
+            self.history = [Estimate(x, sig, x - sig * prior)]
         cols = form.features(cur, self.history, self.space)
         self.columns[k] = [g is not None for g in cols]
         delta = None

@@ -42,10 +42,13 @@ def solver_grid(denoiser, solver: str | Solver, nfe: int, grid: GridSpec = None,
     return spec, sig, plan
 
 
-def prior_scale(denoiser, sigma: float) -> float:
+def prior_scale(denoiser, sigma: float | Tensor) -> float | Tensor:
     """x_start = scale · n for standard-normal n at the first σ: x_T ~ N(0, I) in the model's own
-    parametrisation — VP (discrete-time models): x_VE = x_VP/α, scale √(1 + σ²); VE/EDM: σ."""
-    return math.sqrt(1 + sigma**2) if schedule_of(denoiser).discrete else sigma
+    parametrisation — VP (discrete-time models): x_VE = x_VP/α, scale √(1 + σ²); VE/EDM: σ (a 0-dim
+    tensor σ of a differentiable grid gives a differentiable scale)."""
+    if not schedule_of(denoiser).discrete:
+        return sigma
+    return torch.sqrt(1 + sigma**2) if isinstance(sigma, Tensor) else math.sqrt(1 + sigma**2)
 
 
 def as_correction(lambdas: Correction | Sequence[float] | Tensor | None) -> Correction | None:
@@ -65,17 +68,21 @@ def checked(lambdas: Correction | Sequence[float] | Tensor | None, spec: Solver,
     return correction
 
 
-def _wants_grad(noise: Tensor, correction: Correction | None) -> bool:
-    """Autograd only when something asks for it (S4S optimises θ through the sampler)."""
+def _wants_grad(noise: Tensor, sigmas: Tensor, correction: Correction | None) -> bool:
+    """Autograd only when something asks for it (S4S optimises θ, S4S-Alt and LD3 the grid, through
+    the sampler)."""
     params = [v for t in (correction.theta if correction else []) for v in t]
-    return noise.requires_grad or any(isinstance(v, Tensor) and v.requires_grad for v in params)
+    return noise.requires_grad or sigmas.requires_grad or any(isinstance(v, Tensor) and v.requires_grad
+                                                              for v in params)
 
 
 def run_solver(path: ModelPath, spec: Solver, noise: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """x_T = noise scaled by :func:`prior_scale`, then the solver; checks the NFE spent equals the
-    plan's. Runs without autograd unless the noise or the correction's parameters require gradients."""
-    with torch.set_grad_enabled(_wants_grad(noise, path.correction)):
-        x = spec.fn(path, noise * prior_scale(path.denoiser, sigmas[0].item()), sigmas, plan)
+    plan's. Runs without autograd unless the noise, the grid or the correction's parameters require
+    gradients."""
+    first = sigmas[0] if sigmas.requires_grad else sigmas[0].item()
+    with torch.set_grad_enabled(_wants_grad(noise, sigmas, path.correction)):
+        x = spec.fn(path, noise * prior_scale(path.denoiser, first), sigmas, plan)
     if path.nfe != sum(plan):
         raise RuntimeError(f"{spec.name} spent {path.nfe} NFE, its plan says {sum(plan)}")
     return x

@@ -106,6 +106,8 @@ class DiscreteVPSchedule:
         tau = (j - 1).to(torch.float64) + (-target - lo) / (hi - lo)
         tau = tau.clamp(0, self.t_max)
         near = torch.round(tau)
+        if tau.requires_grad:  # the snapped value, with the interpolation's derivative (differentiable grids)
+            near = near + (tau - tau.detach())
         return torch.where((tau - near).abs() < _SNAP, near, tau)
 
     def __repr__(self) -> str:

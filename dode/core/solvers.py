@@ -11,13 +11,18 @@ Exponential integrators (DDIM, DPM-Solver, DEIS) take the same iterates in VE fo
 since ``x_VE = x_VP/α`` and ``σ_VE = σ_VP/α``. One rule for every solver: a step into σ = 0 is first
 order (DDIM with the current output), because a higher-order exponential integrator cannot reach
 σ = 0 (log σ = −∞; DEIS's Lagrange weights grow like (σ_min/Δσ)^r there).
+
+Differentiable grids: a grid that requires gradients (S4S-Alt, LD3 learn it) is read as 0-dim tensors
+and every σ-dependent coefficient is computed with torch (``torch.log``/``expm1`` on 0-dim tensors, DEIS's table by
+:func:`deis_table`), so gradients reach every σ; any other grid is read as Python floats, computed
+with ``math`` exactly as before.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
 import torch
@@ -29,19 +34,39 @@ from dode.core.schedules import schedule_of
 
 SolverFn = Callable[[ModelPath, Tensor, Tensor, list], Tensor]
 PlanFn = Callable[[int, bool], list]
+Level = Union[float, Tensor]  # a noise level: a Python float, or a 0-dim tensor of a differentiable grid
 
 
-def ddim_step(x: Tensor, d: Tensor, s: float, t: float) -> Tensor:
+def _log(v: Level) -> Level:
+    """log v: ``math.log`` of a float, ``torch.log`` of a (differentiable) tensor."""
+    return torch.log(v) if isinstance(v, Tensor) else math.log(v)
+
+
+def _expm1(v: Level) -> Level:
+    """e^v − 1: ``math.expm1`` of a float, ``torch.expm1`` of a (differentiable) tensor."""
+    return torch.expm1(v) if isinstance(v, Tensor) else math.expm1(v)
+
+
+def _exp(v: Level) -> Level:
+    return torch.exp(v) if isinstance(v, Tensor) else math.exp(v)
+
+
+def levels(sigmas: Tensor) -> list:
+    """The grid's σ as Python floats, or as 0-dim tensors when it requires gradients."""
+    return list(sigmas.unbind()) if sigmas.requires_grad else sigmas.tolist()
+
+
+def ddim_step(x: Tensor, d: Tensor, s: Level, t: Level) -> Tensor:
     """DDIM (Song et al. 2021, Eq. 12) in VE form: x_t = D + σ_t·(x − D)/σ_s; exactly D at σ_t = 0."""
     return d + (t / s) * (x - d)
 
 
-def _eps(x: Tensor, d: Tensor, s: float) -> Tensor:
+def _eps(x: Tensor, d: Tensor, s: Level) -> Tensor:
     return (x - d) / s
 
 
-def _pairs(sigmas: Tensor) -> list[tuple[float, float]]:
-    s = sigmas.tolist()
+def _pairs(sigmas: Tensor) -> list[tuple[Level, Level]]:
+    s = levels(sigmas)
     return list(zip(s[:-1], s[1:]))
 
 
@@ -126,7 +151,7 @@ def register(name: str, teacher: str, order: int, plan: PlanFn = one_per_step):
     return deco
 
 
-def first_order_into_zero(path: ModelPath, x: Tensor, s: float, t: float) -> Tensor | None:
+def first_order_into_zero(path: ModelPath, x: Tensor, s: Level, t: Level) -> Tensor | None:
     """The one rule for a step into σ = 0: DDIM with the current output (None when t > 0)."""
     return ddim_step(x, path(x, s), s, t) if t == 0 else None
 
@@ -187,7 +212,7 @@ def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor
     """Singlestep DPM-Solver-1/2/3 (Lu et al. 2022, Alg. 1 and 2, "dpmsolver" type), noise form,
     λ = −log σ. Step i of order k spans k intervals of the stage grid, s → s_1 (→ s_2) → t, with
     h = λ_t − λ_s and r_j = (λ_{s_j} − λ_s)/h (1/2, or 1/3 and 2/3, on a logSNR stage grid)."""
-    grid = sigmas.tolist()
+    grid = levels(sigmas)
     start = 0
     for order in plan:
         points, start = grid[start:start + order + 1], start + order
@@ -195,22 +220,22 @@ def dpm_solver(path: ModelPath, x: Tensor, sigmas: Tensor, plan: list) -> Tensor
         if order == 1:
             x = ddim_step(x, path(x, s), s, t)
             continue
-        h = math.log(s / t)
+        h = _log(s / t)
         e_s = _eps(x, path(x, s), s)
         s1 = points[1]
-        r1 = math.log(s / s1) / h
-        u1 = x - s1 * math.expm1(r1 * h) * e_s
+        r1 = _log(s / s1) / h
+        u1 = x - s1 * _expm1(r1 * h) * e_s
         e_1 = _eps(u1, path(u1, s1), s1)
         if order == 2:
-            x = x - t * math.expm1(h) * e_s - (0.5 / r1) * t * math.expm1(h) * (e_1 - e_s)
+            x = x - t * _expm1(h) * e_s - (0.5 / r1) * t * _expm1(h) * (e_1 - e_s)
             continue
         s2 = points[2]
-        r2 = math.log(s / s2) / h
-        phi_22 = math.expm1(r2 * h) / (r2 * h) - 1
-        u2 = x - s2 * math.expm1(r2 * h) * e_s - (r2 / r1) * s2 * phi_22 * (e_1 - e_s)
+        r2 = _log(s / s2) / h
+        phi_22 = _expm1(r2 * h) / (r2 * h) - 1
+        u2 = x - s2 * _expm1(r2 * h) * e_s - (r2 / r1) * s2 * phi_22 * (e_1 - e_s)
         e_2 = _eps(u2, path(u2, s2), s2)
-        phi_2 = math.expm1(h) / h - 1
-        x = x - t * math.expm1(h) * e_s - (1 / r2) * t * phi_2 * (e_2 - e_s)
+        phi_2 = _expm1(h) / h - 1
+        x = x - t * _expm1(h) * e_s - (1 / r2) * t * phi_2 * (e_2 - e_s)
     return x
 
 
@@ -221,8 +246,9 @@ def logsnr_stages(sigmas: Tensor, plan: list) -> Tensor:
     for (s, t), order in zip(_pairs(sigmas), plan):
         out.append(s)
         if order > 1:
-            out += [s * math.exp(-r * math.log(s / t)) for r in ((0.5,) if order == 2 else (1 / 3, 2 / 3))]
-    return torch.tensor(out + [float(sigmas[-1])], dtype=torch.float64)
+            out += [s * _exp(-r * _log(s / t)) for r in ((0.5,) if order == 2 else (1 / 3, 2 / 3))]
+    out.append(levels(sigmas[-1:])[0])
+    return torch.stack(out) if sigmas.requires_grad else torch.tensor(out, dtype=torch.float64)
 
 
 for _k in (1, 2, 3):
@@ -239,7 +265,7 @@ def dpmpp_multistep(order: int) -> SolverFn:
             d_hist = (d_hist + [path.denoise(x, s)])[-order:]
             d = d_hist[-1]
             if t > 0 and len(d_hist) >= 2:
-                h = math.log(s / t)
+                h = _log(s / t)
                 r0 = h_hist[-1] / h
                 d1_0 = (d - d_hist[-2]) / r0
                 if len(d_hist) == 2:
@@ -249,12 +275,12 @@ def dpmpp_multistep(order: int) -> SolverFn:
                     d1_1 = (d_hist[-2] - d_hist[-3]) / r1
                     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
                     d2 = (d1_0 - d1_1) / (r0 + r1)
-                    phi_1 = -math.expm1(-h)
-                    phi_2 = math.expm1(-h) / h + 1
-                    phi_3 = (math.expm1(-h) + h) / h**2 - 0.5
+                    phi_1 = -_expm1(-h)
+                    phi_2 = _expm1(-h) / h + 1
+                    phi_3 = (_expm1(-h) + h) / h**2 - 0.5
                     d = d + (phi_2 / phi_1) * d1 - (phi_3 / phi_1) * d2
             if t > 0:
-                h_hist.append(math.log(s / t))
+                h_hist.append(_log(s / t))
             x = ddim_step(x, path.correct(x, s, d), s, t)
         return x
 
@@ -265,38 +291,60 @@ SOLVERS["dpmpp2m"] = Solver("dpmpp2m", dpmpp_multistep(2), one_per_step, "ddim",
 SOLVERS["dpmpp3m"] = Solver("dpmpp3m", dpmpp_multistep(3), one_per_step, "ddim", 3)
 
 
+def _deis_rows(sig, ts, schedule, order: int, nodes: int) -> list:
+    """The rows of :func:`deis_coefficients` on a grid ``sig`` with times ``ts``: numpy float64 arrays
+    (float grids), or torch tensors through which gradients flow (differentiable grids)."""
+    grad = isinstance(sig, Tensor)
+    gx, gw = np.polynomial.legendre.leggauss(nodes)
+    if grad:
+        gx, gw = torch.from_numpy(gx), torch.from_numpy(gw)
+    t_of = schedule.t if grad else (lambda v: schedule.t(torch.tensor(v)).numpy())
+    cat = torch.cat if grad else np.concatenate
+    plain_sig, plain_ts = (sig.detach().tolist(), ts.detach().tolist()) if grad else (sig, ts)
+    table = []
+    for i in range(len(sig) - 1):
+        lo, hi = sig[i + 1:i + 2], sig[i:i + 1]
+        inside = lo[:0]
+        if schedule.discrete:  # panel edges at the training steps strictly inside (σ_{i+1}, σ_i)
+            knots = schedule.sigma(torch.arange(math.ceil(plain_ts[i + 1]), math.floor(plain_ts[i]) + 1,
+                                                dtype=torch.float64))
+            knots = knots if grad else knots.numpy()
+            inside = knots[(knots > plain_sig[i + 1]) & (knots < plain_sig[i])]
+        edges = cat([lo, inside, hi])
+        a, b = edges[:-1, None], edges[1:, None]
+        s_q = ((b - a) / 2 * gx + (a + b) / 2).ravel()
+        w_q = ((b - a) / 2 * gw).ravel()
+        t_q = t_of(s_q)
+        nodes_t = [ts[i - m] for m in range(min(i, order) + 1)]
+        row = []
+        for j, tj in enumerate(nodes_t):
+            basis = None
+            for m, tm in enumerate(nodes_t):
+                if m != j:
+                    f = (t_q - tm) / (tj - tm)
+                    basis = f if basis is None else basis * f
+            c = -(w_q if basis is None else w_q * basis).sum()  # integral from σ_i down to σ_{i+1}
+            row.append(c if grad else float(c))
+        table.append(tuple(row))
+    return table
+
+
 @lru_cache(maxsize=64)
 def deis_coefficients(sigmas: tuple, schedule, order: int, nodes: int = 8) -> tuple:
     """C_ij = ∫_{σ_i}^{σ_{i+1}} L_j(t(σ)) dσ, j = 0 … min(i, order), with L_j the Lagrange basis in the
     schedule's time on t_i, t_{i−1}, …: the tAB coefficients of DEIS (Zhang & Chen 2022) in VE form,
     where the exponential-integrator kernel is dσ. Composite Gauss–Legendre in float64, one panel
     per unit of discrete time (t(σ) is smooth within them)."""
-    gx, gw = np.polynomial.legendre.leggauss(nodes)
     sig = np.asarray(sigmas, dtype=np.float64)
-    ts = schedule.t(torch.tensor(sig)).numpy()
-    table = []
-    for i in range(len(sig) - 1):
-        lo, hi = sig[i + 1], sig[i]
-        if schedule.discrete:
-            knots = schedule.sigma(torch.arange(math.ceil(ts[i + 1]), math.floor(ts[i]) + 1,
-                                                dtype=torch.float64)).numpy()
-            edges = np.unique(np.concatenate([[lo, hi], knots[(knots > lo) & (knots < hi)]]))
-        else:
-            edges = np.array([lo, hi])
-        a, b = edges[:-1, None], edges[1:, None]
-        s_q = ((b - a) / 2 * gx + (a + b) / 2).ravel()
-        w_q = ((b - a) / 2 * gw).ravel()
-        t_q = schedule.t(torch.tensor(s_q)).numpy()
-        nodes_t = ts[i - np.arange(min(i, order) + 1)]
-        row = []
-        for j, tj in enumerate(nodes_t):
-            basis = np.ones_like(t_q)
-            for m, tm in enumerate(nodes_t):
-                if m != j:
-                    basis *= (t_q - tm) / (tj - tm)
-            row.append(-float(np.sum(w_q * basis)))  # integral from σ_i down to σ_{i+1}
-        table.append(tuple(row))
-    return tuple(table)
+    return tuple(_deis_rows(sig, schedule.t(torch.tensor(sig)).numpy(), schedule, order, nodes))
+
+
+def deis_table(sigmas: Tensor, schedule, order: int) -> tuple:
+    """DEIS's coefficients on ``sigmas``: :func:`deis_coefficients` (floats, cached), or 0-dim tensors
+    differentiable in every σ when the grid requires gradients (same quadrature, in torch)."""
+    if sigmas.requires_grad:
+        return tuple(_deis_rows(sigmas, schedule.t(sigmas), schedule, order, 8))
+    return deis_coefficients(tuple(sigmas.tolist()), schedule, order)
 
 
 def deis(order: int) -> SolverFn:
@@ -304,7 +352,7 @@ def deis(order: int) -> SolverFn:
         """DEIS tAB-r (Zhang & Chen 2022): x_{i+1} = x_i + Σ_j C_ij ε_{i−j} on the last r+1 outputs
         (fewer while the history is short); coefficients computed once per grid; a step into σ = 0 is
         first order."""
-        table = deis_coefficients(tuple(sigmas.tolist()), schedule_of(path.denoiser), order)
+        table = deis_table(sigmas, schedule_of(path.denoiser), order)
         eps: list[Tensor] = []
         for (s, t), coeffs in zip(_pairs(sigmas), table):
             if t == 0:

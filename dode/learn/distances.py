@@ -1,5 +1,8 @@
 """Distances between the student's and the teacher's final samples, for S4S's objective: mean
-squared error, the squared distance of a frozen network's features (FD-digits classifier), LPIPS."""
+squared error, the squared distance of a frozen network's features (FD-digits classifier), LPIPS.
+
+Each is a batch mean of per-sample distances; :func:`per_sample_distances` gives the per-sample
+values (the relaxed objective of :mod:`dode.learn.relaxed` moves each sample's start on its own)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +13,24 @@ from torch import Tensor
 
 from dode.errors import InvalidChoice, UserError
 
-__all__ = ["mse_distance", "FeatureDistance", "lpips_distance", "get_distance"]
+__all__ = ["mse_distance", "FeatureDistance", "lpips_distance", "get_distance", "per_sample_distances"]
 
 
 def mse_distance(x: Tensor, y: Tensor) -> Tensor:
     """Mean squared error (the batch mean of per-sample mean squared differences)."""
     return (x - y).pow(2).mean()
+
+
+mse_distance.per_sample = lambda x, y: (x - y).pow(2).flatten(1).mean(1)  # type: ignore[attr-defined]
+
+
+def per_sample_distances(distance: Callable, x: Tensor, y: Tensor) -> Tensor:
+    """The distance of each sample, shape ``(batch,)``: the distance's own ``per_sample`` when it has
+    one (l2, features, LPIPS), else the batch-mean callable applied to one sample at a time."""
+    own = getattr(distance, "per_sample", None)
+    if own is not None:
+        return own(x, y)
+    return torch.stack([torch.as_tensor(distance(x[i:i + 1], y[i:i + 1])).reshape(()) for i in range(len(x))])
 
 
 class FeatureDistance:
@@ -46,14 +61,18 @@ class FeatureDistance:
     def features(self, x: Tensor) -> Tensor:
         return self.net((x.float() + 1) * 127.5).flatten(1)
 
-    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+    def per_sample(self, x: Tensor, y: Tensor) -> Tensor:
+        """‖f(x_b) − f(y_b)‖² for each sample b."""
         key = (y.data_ptr(), tuple(y.shape), y._version)
         if key not in self._cache:
             if len(self._cache) >= 256:
                 self._cache.clear()
             with torch.no_grad():
                 self._cache[key] = self.features(y)
-        return (self.features(x) - self._cache[key]).pow(2).sum(1).mean()
+        return (self.features(x) - self._cache[key]).pow(2).sum(1)
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.per_sample(x, y).mean()
 
 
 def lpips_distance(weights: str | Path | None, net: str = "vgg", resize: int | None = 224) -> Callable:
@@ -75,7 +94,7 @@ def lpips_distance(weights: str | Path | None, net: str = "vgg", resize: int | N
     for p in model.parameters():
         p.requires_grad_(False)
 
-    def dist(x: Tensor, y: Tensor) -> Tensor:
+    def per_sample(x: Tensor, y: Tensor) -> Tensor:
         x, y = x.float(), y.float()
         if x.shape[1] == 1:
             x, y = x.expand(-1, 3, -1, -1), y.expand(-1, 3, -1, -1)
@@ -83,9 +102,13 @@ def lpips_distance(weights: str | Path | None, net: str = "vgg", resize: int | N
             up = lambda t: torch.nn.functional.interpolate(t, size=(resize, resize), mode="bilinear",  # noqa: E731
                                                            align_corners=False)
             x, y = up(x), up(y)
-        return model.to(x.device)(x, y).mean()
+        return model.to(x.device)(x, y).flatten()
+
+    def dist(x: Tensor, y: Tensor) -> Tensor:
+        return per_sample(x, y).mean()
 
     dist.name = f"lpips-{net}"  # type: ignore[attr-defined]
+    dist.per_sample = per_sample  # type: ignore[attr-defined]
     return dist
 
 

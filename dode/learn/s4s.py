@@ -13,8 +13,9 @@ on a batch of noises — data-free:
 
     min_θ  E_noise  dist(student_θ(noise), teacher(noise)),  dist = mean squared error by default
 
-(or the FD-digits classifier's features, or LPIPS, or any callable). The paper's relaxed (LD3-style)
-objective is not implemented. S4S-Alt (:mod:`dode.learn.s4s_alt`) also learns the time grid.
+(or the FD-digits classifier's features, or LPIPS, or any callable), or the paper's relaxed objective
+(``radius``: the student may start anywhere within a small ball around the teacher's noise,
+:mod:`dode.learn.relaxed`). S4S-Alt (:mod:`dode.learn.s4s_alt`) also learns the time grid.
 """
 from __future__ import annotations
 
@@ -34,9 +35,10 @@ from dode.core.sampling import run_solver, sample, solver_grid
 from dode.core.protocols import GridSpec
 from dode.core.solvers import Solver
 from dode.errors import InvalidChoice, UserError
-from dode.learn.distances import get_distance
+from dode.learn.distances import get_distance, per_sample_distances
 from dode.learn.grids import grid_record
 from dode.learn.record import feature_columns
+from dode.learn.relaxed import RelaxedStarts, ld3_radius
 
 __all__ = ["S4S_FORMS", "s4s_form", "teacher_samples", "S4SProblem", "validation_pair", "optimise", "fit_s4s"]
 
@@ -61,8 +63,10 @@ def teacher_samples(denoiser, noise: Tensor, teacher: str = "heun", teacher_nfe:
 @dataclass(eq=False)
 class S4SProblem:
     """One S4S fit: the student (``spec`` with ``plan`` on the base grid ``sigmas``, the correction
-    ``form`` and its ``mask``: 1 where a feature exists, nfe × window), the teacher's final samples
-    ``targets`` for ``noise``, and the ``distance``. :meth:`loss` runs the student (``runs`` counts)."""
+    ``form`` and its ``mask``: 1 where a feature exists, nfe × window; form None: the base solver, no
+    coefficients, as LD3), the teacher's final samples ``targets`` for ``noise``, the ``distance``, and
+    the relaxed objective's ``starts`` (None: the plain objective). :meth:`loss` runs the student
+    (``runs`` counts)."""
 
     denoiser: Any
     noise: Tensor
@@ -70,20 +74,26 @@ class S4SProblem:
     spec: Solver
     sigmas: Tensor
     plan: list
-    form: str
+    form: str | None
     mask: Tensor
     distance: Callable
     distance_name: str
     teacher_info: dict
     chunk: int | None = None
+    starts: RelaxedStarts | None = None
     runs: int = 0
 
     @classmethod
-    def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int, grid: GridSpec, teacher: str,
+    def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int | None, grid: GridSpec, teacher: str,
               teacher_nfe: int, teacher_grid: GridSpec, targets: Tensor | None, distance: str | Callable,
-              lpips_weights: str | None, classifier: str | None, chunk: int | None) -> "S4SProblem":
-        """The problem of :func:`fit_s4s`: the teacher runs here unless ``targets`` are given."""
-        form = s4s_form(window)
+              lpips_weights: str | None, classifier: str | None, chunk: int | None,
+              radius: float | str | None = None, relax_step: float = 1.0) -> "S4SProblem":
+        """The problem of :func:`fit_s4s` (``window`` None: no coefficients): the teacher runs here
+        unless ``targets`` are given; ``radius`` not None: the relaxed objective with that radius
+        (``"ld3"``: LD3's default for the sample size and the number of steps)."""
+        if isinstance(radius, str) and radius != "ld3":
+            raise InvalidChoice(f"radius must be a number, 'ld3' (LD3's default) or null, not {radius!r}")
+        form = None if window is None else s4s_form(window)
         spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid)
         start = time.perf_counter()
         if targets is None:
@@ -99,33 +109,73 @@ class S4SProblem:
             raise UserError("chunk splits the fit batch, but the model carries per-batch model_kwargs (class "
                             "labels); use chunk=null (or a smaller batch)")
         dist, dname = get_distance(distance, str(noise.device), classifier, lpips_weights)
-        present = feature_columns(denoiser, spec, sigmas, plan, form)
-        mask = torch.tensor([[float(c) for c in row] for row in present], dtype=torch.float64)
+        if form is None:
+            mask = torch.zeros(nfe, 0, dtype=torch.float64)
+        else:
+            present = feature_columns(denoiser, spec, sigmas, plan, form)
+            mask = torch.tensor([[float(c) for c in row] for row in present], dtype=torch.float64)
+        if radius == "ld3":
+            radius = ld3_radius(tuple(noise.shape[1:]), len(plan))
+        starts = None if radius is None else RelaxedStarts(noise, float(radius), relax_step)
         return cls(denoiser, noise, targets.to(noise.dtype), spec, sigmas, plan, form, mask, dist, dname, tinfo,
-                   chunk)
+                   chunk, starts)
 
-    def correction(self, params: Tensor) -> Correction:
+    def correction(self, params: Tensor) -> Correction | None:
         """The student's correction with the rows of ``params`` as θ (tensors: gradients flow)."""
-        return Correction(self.form, [list(row.unbind()) for row in params])
+        return None if self.form is None else Correction(self.form, [list(row.unbind()) for row in params])
 
     def loss(self, params: Tensor, sigmas: Tensor, noise: Tensor | None = None, targets: Tensor | None = None,
              backward: bool = False) -> float:
-        """dist(student, teacher) over the batch (in chunks of ``chunk``; gradients accumulated)."""
-        noise = self.noise if noise is None else noise
+        """dist(student, teacher) over the batch (in chunks of ``chunk``; gradients accumulated). On the
+        training batch with the relaxed objective the student starts from the current starts, whose
+        gradient and per-sample distances are recorded for :meth:`relax`."""
+        relaxed = noise is None and self.starts is not None
+        noise = (self.starts.leaf(backward) if relaxed else self.noise) if noise is None else noise
         targets = self.targets if targets is None else targets
         size = int(self.chunk or len(noise))
-        total = 0.0
+        total, each = 0.0, []
         with torch.set_grad_enabled(backward):
             for i in range(0, len(noise), size):
                 n, y = noise[i:i + size], targets[i:i + size]
                 path = ModelPath(self.denoiser, self.correction(params))
                 x = run_solver(path, self.spec, n, sigmas, self.plan)
                 part = self.distance(x, y) * (len(n) / len(noise))
+                if relaxed:
+                    with torch.no_grad():
+                        each.append(per_sample_distances(self.distance, x.detach(), y))
                 if backward:
                     part.backward()
                 total += float(part.detach())
+        if relaxed:
+            self.starts.record(noise.grad if backward else None, torch.cat(each))
         self.runs += 1
         return total
+
+    def distances(self, params: Tensor, sigmas: Tensor, noise: Tensor) -> Tensor:
+        """Each sample's distance to its target when the student starts from ``noise`` (no gradients)."""
+        size = int(self.chunk or len(noise))
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(noise), size):
+                x = run_solver(ModelPath(self.denoiser, self.correction(params)), self.spec, noise[i:i + size],
+                               sigmas, self.plan)
+                out.append(per_sample_distances(self.distance, x, self.targets[i:i + size]))
+        self.runs += 1
+        return torch.cat(out)
+
+    def relax(self, params: Tensor, sigmas: Tensor) -> None:
+        """The relaxed objective's step after an optimiser step (to ``params`` on ``sigmas``): move each
+        start along its gradient within the ball, kept where it lowers that sample's distance."""
+        cand = None if self.starts is None else self.starts.candidate()
+        if cand is not None:
+            self.starts.accept(cand, self.distances(params, sigmas, cand))
+
+    def relax_record(self) -> dict:
+        """The relaxed objective in the provenance: radius, step, moves, the starts' largest offset."""
+        if self.starts is None:
+            return {"radius": None}
+        return {"radius": self.starts.radius, "relax_step": self.starts.step, "relax_moves": self.starts.moves,
+                "relax_max_offset": float(self.starts.offsets().max())}
 
     def initial_params(self, init: Correction | None = None) -> Tensor:
         """θ to start from, one row per evaluation: zeros (the base solver), or ``init``'s θ."""
@@ -168,6 +218,9 @@ def optimise(problem: S4SProblem, params: Tensor, sigmas: Tensor, iters: int, lr
     steps, and at the end), else by the training loss — and a log."""
     if optimizer not in ("adam", "lbfgs"):
         raise InvalidChoice(f"unknown optimizer {optimizer!r}; valid: adam, lbfgs")
+    if optimizer == "lbfgs" and problem.starts is not None:
+        raise UserError("the relaxed objective (radius) moves the starts between steps, which L-BFGS's line "
+                        "search cannot follow; use optimizer=adam or radius=null")
     p = params.detach().clone().requires_grad_(True)
     train0 = problem.loss(p.detach(), sigmas)
     log = {"optimizer": optimizer, "loss_init": train0, "curve": []}
@@ -201,6 +254,7 @@ def optimise(problem: S4SProblem, params: Tensor, sigmas: Tensor, iters: int, lr
             loss = float(closure())
             opt.step()
             sched.step()
+            problem.relax(p.detach(), sigmas)
             if val is not None and ((it + 1) % eval_every == 0 or it + 1 == iters):
                 score_val()
             bar.update(1)
@@ -238,7 +292,8 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
             distance: str | Callable = "l2", iters: int = 200, lr: float = 3e-2, chunk: int | None = None,
             val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
             init: Correction | None = None, optimizer: str = "adam", lpips_weights: str | None = None,
-            classifier: str | None = None, progress: bool = False, **provenance) -> Correction:
+            classifier: str | None = None, radius: float | str | None = None, relax_step: float = 1.0,
+            progress: bool = False, **provenance) -> Correction:
     """S4S (Frankel et al. 2025): learn the per-evaluation coefficients of ``solver`` on its last
     ``window`` data predictions (form ``s4s``/``s4s2``/``s4s4``) so that its final samples from
     ``noise`` match ``teacher``'s (``teacher_nfe`` evaluations; or the given ``targets``).
@@ -249,12 +304,14 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
     the best θ seen — by the loss on ``val_noise`` (held-out noise, teacher run on it unless
     ``val_targets``) when given, else by the training loss. ``distance``: ``"l2"``
     (mean squared error), ``"fd_digits"`` (digits-classifier features), ``"lpips"`` (with
-    ``lpips_weights``) or a callable ``(x, y) -> batch-mean scalar``. Returns a
+    ``lpips_weights``) or a callable ``(x, y) -> batch-mean scalar``; ``radius``: the relaxed objective
+    (:mod:`dode.learn.relaxed`, the student starts within that distance of each noise, ``"ld3"``: LD3's
+    default radius; ``relax_step`` its step in units of the radius; None: the plain objective). Returns a
     :class:`~dode.core.forms.Correction` (float θ) with ``fit_seconds`` and the losses in its provenance.
     """
     start = time.perf_counter()
     problem = S4SProblem.setup(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid,
-                               targets, distance, lpips_weights, classifier, chunk)
+                               targets, distance, lpips_weights, classifier, chunk, radius, relax_step)
     spec, sigmas, form = problem.spec, problem.sigmas, problem.form
     val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
     params = problem.initial_params(init)
@@ -264,7 +321,8 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
     prov = {"method": "s4s", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
             "grid": grid_record(grid, sigmas), "sigmas": [float(v) for v in sigmas],
             "model": weights_digest(denoiser), "batch": int(noise.shape[0]),
-            "distance": problem.distance_name, "iters": iters, "lr": lr, **problem.teacher_info, **log,
+            "distance": problem.distance_name, **problem.relax_record(), "iters": iters, "lr": lr,
+            **problem.teacher_info, **log,
             "student_runs": problem.runs, "fit_seconds": time.perf_counter() - start, "dode_version": __version__,
             **provenance}
     return problem.result(params, prov)

@@ -2,10 +2,10 @@
 optimising the time grid.
 
 The grid's σ between its fixed ends are the :class:`~dode.learn.grids.MonotoneGrid` of free logits ℓ
-(one fixed at 0, N − 2 free; strictly monotone for every ℓ), optimised derivative-free by
-Nelder–Mead (scipy), each loss one student run on the batch: the solvers turn σ into Python floats,
-so no gradient flows to σ. A grid step is accepted only when it lowers the loss, so the loss never
-rises. The learned grid is stored as ``provenance["grid"]`` with ``provenance["grid_learned"] = True``
+(one fixed at 0, N − 2 free; strictly monotone for every ℓ), optimised by gradient (``gradient``:
+Adam on ℓ, the gradient through the solver's differentiable grid, :mod:`dode.core.solvers`) or
+derivative-free (``nelder_mead``, scipy; each loss one student run on the batch). A grid is accepted
+only when it lowers the loss, so the loss never rises. The learned grid is stored as ``provenance["grid"]`` with ``provenance["grid_learned"] = True``
 (:func:`~dode.learn.grids.grid_of`, :func:`~dode.learn.grids.sample_learned`).
 """
 from __future__ import annotations
@@ -23,10 +23,51 @@ from dode.version import __version__
 from dode.core.denoisers import weights_digest
 from dode.core.forms import Correction
 from dode.core.protocols import GridSpec
+from dode.errors import InvalidChoice
 from dode.learn.grids import MonotoneGrid, grid_record
 from dode.learn.s4s import S4SProblem, optimise, validation_pair
 
-__all__ = ["fit_s4s_alt"]
+__all__ = ["GRID_SEARCHES", "grid_gradient", "fit_s4s_alt"]
+
+GRID_SEARCHES = ("gradient", "nelder_mead")
+END_START = 0.1  # the smallest |ℓ| of a free end a gradient search starts from
+
+
+def grid_gradient(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: Tensor, loss0: float, iters: int,
+                  lr: float, progress: bool, desc: str) -> tuple[Tensor, float, int]:
+    """Adam on the grid's free logits (``params`` fixed) for ``iters`` steps, learning rate ``lr`` with a
+    cosine decay to lr/100; the gradient reaches ℓ through σ(ℓ) (chain rule through a σ leaf, so the
+    loss's chunks each backpropagate to σ). A free end at |ℓ| < :data:`END_START` starts from there
+    (its σ a little above σ_lo). Returns (best logits seen, its loss, student runs)."""
+    ell = logits.detach().clone()
+    if mg.free_end:  # the end's map u_lo + (u_0 − u_lo)(1 − e^{−ℓ²}) is stationary at ℓ = 0 (σ_lo): start off it
+        ell[-1] = ell[-1].abs().clamp_min(END_START)
+    ell.requires_grad_(True)
+    opt = torch.optim.Adam([ell], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iters, 1), eta_min=lr * 0.01)
+    best, runs = (loss0, logits.detach().clone()), 0
+    bar = tqdm(total=iters, desc=desc, disable=not progress, leave=False)
+    for _ in range(iters + 1):
+        with torch.enable_grad():
+            sig = mg.sigmas(ell)
+        if not MonotoneGrid.monotone(sig.detach()):
+            break
+        leaf = sig.detach().requires_grad_(True)
+        loss = problem.loss(params.detach(), leaf, backward=runs < iters)
+        runs += 1
+        if math.isfinite(loss) and loss < best[0]:
+            best = (loss, ell.detach().clone())
+        if runs > iters or not math.isfinite(loss):
+            break
+        opt.zero_grad()
+        sig.backward(leaf.grad)
+        opt.step()
+        sched.step()
+        problem.relax(params.detach(), mg.sigmas(ell.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4g}", best=f"{best[0]:.4g}")
+    bar.close()
+    return best[1], best[0], runs
 
 
 def _nelder_mead(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: Tensor, loss0: float,
@@ -65,26 +106,31 @@ def _nelder_mead(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: 
 
 
 def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: GridSpec = None,
-                rounds: int = 3, grid_space: str = "rho", grid_evals: int = 60, grid_step: float = 0.5,
+                rounds: int = 3, grid_space: str = "rho", grid_search: str = "gradient", grid_iters: int = 40,
+                grid_lr: float = 0.05, grid_evals: int = 60, grid_step: float = 0.5,
                 teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: GridSpec = None,
                 targets: Tensor | None = None, distance: str | Callable = "l2", iters: int = 200,
                 round_iters: int | None = None, lr: float = 3e-2, chunk: int | None = None,
                 val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
                 optimizer: str = "adam", lpips_weights: str | None = None, classifier: str | None = None,
-                rho: float = 7.0, free_end: bool = True, progress: bool = False, **provenance) -> Correction:
+                rho: float = 7.0, free_end: bool = True, radius: float | str | None = None, relax_step: float = 1.0,
+                progress: bool = False, **provenance) -> Correction:
     """S4S-Alt (Frankel et al. 2025): alternate S4S's coefficient fit (Adam, see :func:`fit_s4s`)
-    with a derivative-free search of the time grid (:class:`MonotoneGrid` logits in ``grid_space``,
-    Nelder–Mead with at most ``grid_evals`` student runs per round, initial simplex of size
-    ``grid_step``): θ-fit (``iters`` Adam steps), then ``rounds`` × [grid search, θ-fit
+    with the time grid's (:class:`MonotoneGrid` logits in ``grid_space``; ``grid_search="gradient"``:
+    ``grid_iters`` Adam steps of learning rate ``grid_lr`` through the differentiable grid,
+    ``"nelder_mead"``: Nelder–Mead with at most ``grid_evals`` student runs per round, initial simplex
+    of size ``grid_step``): θ-fit (``iters`` Adam steps), then ``rounds`` × [grid fit, θ-fit
     (``round_iters`` steps, default ``iters // 2``, warm-started)]. A grid is accepted only if it
-    lowers the training loss. ``free_end``: from the second grid search on, the last positive σ is
+    lowers the training loss. ``radius``: the relaxed objective (:func:`fit_s4s`). ``free_end``: from the second grid search on, the last positive σ is
     searched too (only σ_0 and the final σ = 0 stay), else it keeps the base grid's value. The
     learned grid (ending at σ = 0) is ``provenance["grid"]`` (``grid_learned`` = True); pass
     ``grid=grid_of(correction)`` to :func:`dode.sample`, or use :func:`sample_learned`.
     """
     start = time.perf_counter()
+    if grid_search not in GRID_SEARCHES:
+        raise InvalidChoice(f"unknown grid_search {grid_search!r}; valid: {', '.join(GRID_SEARCHES)}")
     problem = S4SProblem.setup(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid,
-                               targets, distance, lpips_weights, classifier, chunk)
+                               targets, distance, lpips_weights, classifier, chunk, radius, relax_step)
     spec, sigmas, form = problem.spec, problem.sigmas, problem.form
     val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
     base = MonotoneGrid(denoiser, sigmas, grid_space, rho)  # validates the grid space and the base grid
@@ -105,8 +151,12 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
         mg = MonotoneGrid(denoiser, sigmas, grid_space, rho, free_end and r > 1)
         if mg.n_free == 0:
             continue
-        new_logits, new_loss, n = _nelder_mead(problem, params, mg, mg.init.clone(), current, grid_evals,
-                                               grid_step, progress, f"{desc} grid {r}")
+        if grid_search == "gradient":
+            new_logits, new_loss, n = grid_gradient(problem, params, mg, mg.init.clone(), current, grid_iters,
+                                                    grid_lr, progress, f"{desc} grid {r}")
+        else:
+            new_logits, new_loss, n = _nelder_mead(problem, params, mg, mg.init.clone(), current, grid_evals,
+                                                   grid_step, progress, f"{desc} grid {r}")
         grid_runs += n
         accepted = new_loss < current
         if accepted:
@@ -125,8 +175,10 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
             "grid": [float(v) for v in sigmas], "grid_learned": True, "base_grid": grid_record(grid, base.base),
             "base_sigmas": [float(v) for v in base.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
             "model": weights_digest(denoiser),
-            "grid_space": grid_space, "free_end": bool(free_end), "rounds": rounds,
-            "grid_evals": grid_evals, "batch": int(noise.shape[0]), "distance": problem.distance_name,
+            "grid_space": grid_space, "free_end": bool(free_end), "rounds": rounds, "grid_search": grid_search,
+            **({"grid_iters": grid_iters, "grid_lr": grid_lr} if grid_search == "gradient" else
+               {"grid_evals": grid_evals, "grid_step": grid_step}),
+            "batch": int(noise.shape[0]), "distance": problem.distance_name, **problem.relax_record(),
             "iters": iters, "round_iters": round_iters, "lr": lr, **problem.teacher_info, "loss_init": loss0,
             "loss_best": current,
             "history": history, "student_runs": problem.runs, "grid_runs": grid_runs,

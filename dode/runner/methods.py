@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.errors import UserError
-from dode.learn import fit_authors, fit_correction, fit_iia, fit_s4s, fit_s4s_alt
+from dode.learn import fit_authors, fit_correction, fit_iia, fit_ld3, fit_s4s, fit_s4s_alt
 
 if TYPE_CHECKING:
     from dode.runner.points import Point
@@ -107,8 +107,11 @@ def options(distill: dict, keys: tuple[str, ...]) -> dict:
 
 
 S4S_OPTIONS = ("window", "teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "optimizer", "lpips_weights",
-               "classifier")
-S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_evals", "grid_step", "round_iters", "free_end")
+               "classifier", "radius", "relax_step")
+S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_search", "grid_iters", "grid_lr", "grid_evals", "grid_step",
+                   "round_iters", "free_end")
+LD3_OPTIONS = ("teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "lpips_weights", "classifier", "radius",
+               "relax_step", "grid_space", "free_end")
 
 
 # ------------------------------------------------------------------------------- registered methods
@@ -164,3 +167,11 @@ def fit_s4s_alt_method(denoiser, noise: Tensor, point: Point, progress: bool, pr
     return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid,
                        progress=progress, **options(point.distill, S4S_OPTIONS),
                        **options(point.distill, S4S_ALT_OPTIONS), **provenance)
+
+
+@register("ld3")
+def fit_ld3_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """LD3: :func:`dode.learn.fit_ld3` (the base solver's grid only) with the set :data:`LD3_OPTIONS`
+    of the distill config; the learned grid is in the provenance."""
+    return fit_ld3(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
+                   **options(point.distill, LD3_OPTIONS), **provenance)

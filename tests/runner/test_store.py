@@ -39,10 +39,13 @@ PINNED = [
     # (before: iia 44fe2ebb, s4s 601b69e3, s4s_alt 8942fddf, s4s_fd 0ccb4d00, s4s_alt_fd 380e97dc)
     (["distill=iia", "nfe=[10]"], DIGITS, ["ddim-nfe10-none-7901e8fb", "ddim-nfe10-iia-K10-B100-fa0b8d4c"]),
     (["distill=s4s", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s-K10-B100-5dfddde9"]),
-    (["distill=s4s_alt", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt-K10-B100-115f5008"]),
+    # S4S-Alt's changed again when its distill file gained the gradient grid search and the relaxed objective
+    # (issue 17; before: s4s_alt 115f5008, s4s_alt_fd 29f2b609)
+    (["distill=s4s_alt", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt-K10-B100-49e39aec"]),
     (["distill=s4s_fd", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_fd-K10-B100-f1bcc26f"]),
     (["distill=s4s_alt_fd", "nfe=[5]"], DIGITS,
-     ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt_fd-K10-B100-29f2b609"]),
+     ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt_fd-K10-B100-08b814ee"]),
+    (["distill=ld3", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-ld3-K10-B100-3b165224"]),
 ]
 EVAL_IDS = {"digits": "fd_digits-n10000-0c4793", "imagenet64": "fid50k-n50000-85d1fc",
             "imagenet128": "fid50k-n50000-ca13b6", "cifar10": "fid50k-n50000-276145"}
