@@ -18,7 +18,8 @@ from typing import Any
 from dode.version import __version__
 
 _PUBLIC = {"sample": "dode.core.sampling", "trajectory": "dode.core.sampling", "fit_lambdas": "dode.learn.dode",
-           "fit_correction": "dode.learn.dode", "Correction": "dode.core.forms", "SOLVERS": "dode.core.solvers"}
+           "fit_correction": "dode.learn.dode", "Correction": "dode.core.forms", "SOLVERS": "dode.core.solvers",
+           "export": "dode.integrations.export"}
 __all__ = [*_PUBLIC, "__version__"]
 
 

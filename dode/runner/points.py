@@ -65,11 +65,14 @@ class Point:
         return dataclasses.asdict(self)
 
     @property
-    def grid(self) -> Preset:
+    def grid(self) -> Preset | torch.Tensor:
         """The solver's sampling protocol: ``solver.protocol`` (``paper``: the authors' grids,
         ``dode``: dode's own) with ``solver.grid``/``endpoint``/``inner`` where set
-        (:mod:`dode.core.protocols`)."""
+        (:mod:`dode.core.protocols`); ``solver.grid`` a list of σ (e.g. a published "Align Your Steps"
+        schedule): that explicit grid, as a float64 tensor."""
         s = self.solver
+        if isinstance(s.get("grid"), (list, tuple)):
+            return explicit_grid(s, self.choices.solver)
         try:
             return Preset(str(s.get("protocol") or "paper"), s.get("grid"), s.get("endpoint"), s.get("inner"))
         except InvalidChoice as e:
@@ -103,6 +106,40 @@ class Point:
         if kw.get("device") in (None, "auto"):
             kw["device"] = device
         return kw
+
+
+def explicit_grid(solver: dict, option: str) -> torch.Tensor:
+    """``solver.grid`` given as a list of σ: at least two numbers, strictly decreasing, the last ≥ 0;
+    ``endpoint`` and ``inner`` must then be unset (the list says where sampling ends)."""
+    values = solver["grid"]
+    where = f"solver={option}: solver.grid as a list of σ"
+    if len(values) < 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise UserError(f"{where} needs at least two numbers, got {list(values)!r}")
+    sig = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if not bool((sig[1:] < sig[:-1]).all()) or float(sig[-1]) < 0 or not bool(torch.isfinite(sig).all()):
+        raise UserError(f"{where} must be strictly decreasing, finite and end at σ ≥ 0, got {list(values)!r}")
+    for key in ("endpoint", "inner"):
+        if solver.get(key) is not None:
+            raise UserError(f"{where} cannot take solver.{key}={solver[key]} (the list is the grid)")
+    return sig
+
+
+def check_grid_length(point: Point) -> None:
+    """An explicit ``solver.grid`` holds one σ per step plus the end (singlestep DPM-Solver: one per
+    evaluation, or one per step with stages placed at logSNR r)."""
+    from dode.core.solvers import get_solver
+
+    grid = point.grid
+    if not isinstance(grid, torch.Tensor):
+        return
+    spec = get_solver(point.solver["name"])
+    plan = spec.plan(point.nfe, float(grid[-1]) == 0)
+    fits = {spec.intervals(plan), len(plan)} if spec.stage_grid else {spec.intervals(plan)}
+    if len(grid) - 1 not in fits:
+        need = " or ".join(str(n + 1) for n in sorted(fits))
+        raise UserError(f"solver={point.choices.solver} nfe={point.nfe}: solver.grid lists {len(grid)} σ "
+                        f"({len(grid) - 1} steps), but this solver at NFE {point.nfe} needs {need} σ "
+                        f"(plan {plan}, ending at σ {'= 0' if float(grid[-1]) == 0 else '> 0'})")
 
 
 # ------------------------------------------------------------------------------------------ building
@@ -177,6 +214,7 @@ def check_point(point: Point) -> None:
         get_solver(point.solver["name"]).plan(point.nfe, True)
     except ValueError as e:
         raise UserError(f"solver={point.choices.solver} nfe={point.nfe}: {e}") from None
+    check_grid_length(point)
     method = method_of(point.distill)
     if method.check is not None:
         try:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 from scipy.integrate import quad
 
 import dode
@@ -21,9 +21,12 @@ from dode.core.solvers import SOLVERS, deis_coefficients
 #  - DPM-Solver++(3M): 2 — its first-order warm-up step in data form has an O(h²) local error;
 #  - iPNDM: 2 — Adams–Bashforth weights for equal steps on a non-uniform grid (its 4th order on a
 #    uniform σ grid is checked separately, against DEIS-3);
-#  - DEIS tAB-r: r + 1 (its ε-form warm-up error vanishes at large σ, where ε is nearly constant).
+#  - DEIS tAB-r: r + 1 (its ε-form warm-up error vanishes at large σ, where ε is nearly constant);
+#  - UniPC-p: p + 1 (the corrector UniC-p raises the order by one; the last, uncorrected predictor
+#    step of order p has a local error O(h^{p+1})).
 EXPECTED_ORDER = {"ddim": 1, "euler": 1, "dpm1": 1, "heun": 2, "dpm2": 2, "dpm3": 3, "dpmpp2m": 2,
-                  "dpmpp3m": 2, "ipndm": 2, "deis1": 2, "deis2": 3, "deis3": 4}
+                  "dpmpp3m": 2, "ipndm": 2, "deis1": 2, "deis2": 3, "deis3": 4,
+                  "unipc2_bh1": 3, "unipc2_bh2": 3, "unipc3_bh1": 4, "unipc3_bh2": 4}
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +124,40 @@ def test_matches_diffusers_schedulers(name, steps, vp_mixture):
     # diffusers' "trailing" grid is dode's own integer time-uniform grid into σ = 0; both start from
     # x_T = noise in VP scale (x_VE = √(1 + σ_max²)·noise)
     ours = dode.sample(gm.as_vp(sched), noise, name, steps, grid="dode")
+    torch.testing.assert_close(x.double(), ours, rtol=1e-5, atol=1e-5)
+
+
+_UNIPC = [f"unipc{p}_{v}" for p in (2, 3) for v in ("bh1", "bh2")]
+
+
+@pytest.mark.parametrize("steps", [10, 25])
+@pytest.mark.parametrize("name", _UNIPC)
+@pytest.mark.parametrize("end", ["zero", "sigma_min"])
+def test_unipc_matches_diffusers(name, end, steps, vp_mixture):
+    """UniPC against diffusers' UniPCMultistepScheduler (no lower-order steps at the end) on the trailing
+    grid. Into σ = 0 the last step is dode's first-order one, i.e. diffusers' own x0 prediction there
+    (its bh1 step into σ = 0 is NaN, B(h) = h = ∞ times 0; its ``lower_order_final`` would also lower
+    the order of the step before it); into σ_min every step, last included, is UniPC-p."""
+    gm, sched = vp_mixture
+    order, variant = int(name[5]), name[-3:]
+    ref = UniPCMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4,
+                                  beta_end=0.02, timestep_spacing="trailing", solver_order=order,
+                                  solver_type=variant, lower_order_final=False, final_sigmas_type=end)
+    ref.set_timesteps(steps)
+    eps = gm.eps_model(sched)
+    noise = torch.randn(16, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = noise.float()
+    last = len(ref.timesteps) - 1 if end == "zero" else len(ref.timesteps)
+    for t in ref.timesteps[:last]:
+        x = ref.step(eps(x.double(), torch.full((16,), float(t))).float(), t, x).prev_sample
+    if end == "zero":
+        t = ref.timesteps[-1]
+        x = ref.convert_model_output(eps(x.double(), torch.full((16,), float(t))).float(), sample=x)
+        ours = dode.sample(gm.as_vp(sched), noise, name, steps, grid="dode")
+    else:  # dode's state at σ_min in VE scale, diffusers' in VP scale
+        ours = dode.sample(gm.as_vp(sched), noise, name, steps, grid=ref.sigmas.double())
+        ours = ours / math.sqrt(1 + float(ref.sigmas[-1]) ** 2)
+    assert torch.isfinite(x).all()
     torch.testing.assert_close(x.double(), ours, rtol=1e-5, atol=1e-5)
 
 

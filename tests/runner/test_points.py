@@ -5,6 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dode.errors import UserError
@@ -12,7 +13,7 @@ from dode.runner.distributed import Context
 from dode.runner.points import Choices, Point, build_points, check_point, load_model
 from dode.runner.seeds import FIT_BLOCK
 from dode.runner.stages import execute
-from runner_helpers import CHOICES, point_cfg
+from runner_helpers import CHOICES, dode_run, oracle, point_cfg
 
 
 def test_points_are_typed_and_stored_in_run_json_order(tmp_path):
@@ -53,3 +54,40 @@ def test_load_model_gives_the_runners_point_and_model():
     assert isinstance(point, Point) and point.choices.checkpoint == "digits-edm"
     assert point.checkpoint["name"] == "digits-edm" and point.dataset["name"] == "digits"
     assert not den.training and not any(p.requires_grad for p in den.parameters())
+
+
+def _images(results: Path) -> dict:
+    """run folder's seed/shard → uint8 images of every shard under ``results``."""
+    out = {}
+    for p in sorted(results.rglob("shard-*.npz")):
+        with np.load(p) as z:
+            out[str(p.relative_to(p.parents[2]))] = z["images"]
+    return out
+
+
+def test_a_list_of_sigma_as_solver_grid_is_an_explicit_grid(tiny_conf, tmp_path, capsys):
+    """solver.grid=[σ_0, …, 0]: the protocol's own grid as a list gives the same images as the protocol
+    (in another run folder: the list is hashed); another list gives other images; a list whose length
+    does not fit the NFE, or that is not decreasing, is refused before any work."""
+    from dode.core.sampling import solver_grid
+
+    args = ("solver=unipc2_bh2", "nfe=[4]", "seeds=[0]", "distill=none")
+    sigmas = solver_grid(oracle(), "unipc2_bh2", 4)[1].tolist()
+    as_list = "solver.grid=[" + ",".join(repr(s) for s in sigmas) + "]"
+    assert dode_run(tiny_conf, tmp_path / "protocol", *args) == 0
+    assert dode_run(tiny_conf, tmp_path / "list", *args, as_list) == 0
+    (run,) = (tmp_path / "list").rglob("run.json")
+    assert json.loads(run.read_text())["point"]["solver"]["grid"] == sigmas
+    (other,) = (tmp_path / "protocol").rglob("run.json")
+    assert run.parent.name != other.parent.name  # the list enters the run hash
+    same, listed = _images(tmp_path / "protocol"), _images(tmp_path / "list")
+    assert same.keys() == listed.keys() and all(np.array_equal(same[k], listed[k]) for k in same)
+    assert dode_run(tiny_conf, tmp_path / "ays", *args, "solver.grid=[150.0,20.0,2.0,0.3,0.0]") == 0
+    assert not all(np.array_equal(a, b) for a, b in zip(same.values(), _images(tmp_path / "ays").values()))
+    capsys.readouterr()
+    assert dode_run(tiny_conf, tmp_path / "bad", *args, "solver.grid=[150.0,20.0,2.0,0.0]") == 2
+    err = capsys.readouterr().err
+    assert "solver.grid lists 4 σ (3 steps), but this solver at NFE 4 needs 5 σ" in err and "Traceback" not in err
+    assert dode_run(tiny_conf, tmp_path / "bad", *args, "solver.grid=[150.0,200.0,2.0,0.3,0.0]") == 2
+    assert "must be strictly decreasing" in capsys.readouterr().err
+    assert not list((tmp_path / "bad").rglob("*.npz"))
