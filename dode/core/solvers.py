@@ -369,7 +369,7 @@ for _r in (1, 2, 3):
     SOLVERS[f"deis{_r}"] = Solver(f"deis{_r}", deis(_r), one_per_step, f"deis{_r}", _r + 1)
 
 
-def unipc_estimate(ms: list, sig: list, t: float, order: int, variant: str, m_t: Tensor | None = None) -> Tensor:
+def unipc_estimate(ms: list, sig: list, t: Level, order: int, variant: str, m_t: Tensor | None = None) -> Tensor:
     """The x0 estimate D̃ of one UniPC update (Zhao et al. 2023, Alg. 2 and 3, data form) from σ_s = sig[−1]
     to t, as a DDIM step x_t = ddim_step(x_s, D̃, σ_s, t). With λ = −log σ, h = λ_t − λ_s, nodes r_k =
     (λ_{s_k} − λ_s)/h of the last ``order`` − 1 earlier outputs m_k and D_k = (m_k − m_s)/r_k:
@@ -378,14 +378,14 @@ def unipc_estimate(ms: list, sig: list, t: float, order: int, variant: str, m_t:
     output ``m_t`` at t joins with r = 1, D = m_t − m_s, i ≤ order (ρ = 1/2 at order 1). b_i = −i!·g_i/B(h),
     g_1 = (e^{−h} − 1)/(−h) − 1, g_{i+1} = g_i/(−h) − 1/(i+1)!."""
     s = sig[-1]
-    h = math.log(s / t)
-    nodes = [math.log(s / sig[-1 - k]) / h for k in range(1, order)] + ([1.0] if m_t is not None else [])
+    h = _log(s / t)
+    nodes = [_log(s / sig[-1 - k]) / h for k in range(1, order)] + ([1.0] if m_t is not None else [])
     diffs = [(ms[-1 - k] - ms[-1]) / r for k, r in enumerate(nodes[:order - 1], 1)]
     if m_t is not None:
         diffs.append(m_t - ms[-1])
     if not diffs:
         return ms[-1]
-    hh, phi_1 = -h, math.expm1(-h)
+    hh, phi_1 = -h, _expm1(-h)
     b_h = hh if variant == "bh1" else phi_1
     b, g, fact = [], phi_1 / hh - 1, 1
     for i in range(1, len(nodes) + 1):
@@ -394,6 +394,10 @@ def unipc_estimate(ms: list, sig: list, t: float, order: int, variant: str, m_t:
         g = g / hh - 1 / fact
     if len(nodes) == 1:
         rho = [0.5]
+    elif isinstance(h, Tensor):  # a differentiable grid
+        r = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in nodes])
+        rhs = torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in b])
+        rho = list(torch.linalg.solve(torch.stack([r**i for i in range(len(nodes))]), rhs).unbind())
     else:
         rho = np.linalg.solve(np.vander(np.asarray(nodes), increasing=True).T, np.asarray(b)).tolist()
     return ms[-1] + (b_h / phi_1) * sum(c * d for c, d in zip(rho, diffs))
@@ -406,7 +410,7 @@ def unipc(order: int, variant: str) -> SolverFn:
         order min(p, outputs so far) leaves from the corrected state with D̃ (:func:`unipc_estimate`)
         through the hook; a step into σ = 0 is first order."""
         ms: list[Tensor] = []
-        sig: list[float] = []
+        sig: list[Level] = []
         x_prev, p_prev = None, 0
         for s, t in _pairs(sigmas):
             m = path.denoise(x, s)
