@@ -44,6 +44,7 @@ LOADERS: dict[str, Callable[..., nn.Module] | str] = {
     "edm": load_edm,
     # other modules' loaders, imported on first use ("module:function")
     "digits": "dode.models.digits:load_digits_checkpoint",
+    "diffusers_sd": "dode.models.latent:load_diffusers_sd",
 }
 
 
