@@ -65,6 +65,10 @@ class ClassifierFreeGuidance(nn.Module):
     def model_kwargs(self) -> dict:
         return self.inner.model_kwargs
 
+    @model_kwargs.setter
+    def model_kwargs(self, value: dict) -> None:
+        self.inner.model_kwargs = value
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
