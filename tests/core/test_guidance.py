@@ -122,3 +122,17 @@ def test_bad_conditions_are_refused(parts):
         g(torch.zeros(2, 1, 4, 4, dtype=torch.float64), 1.0)
     spec, sig, plan = solver_grid(g, "ddim", 3)
     assert ModelPath(g).denoiser is g and len(sig) == 4
+
+
+def test_iia_and_s4s_fits_on_the_guided_model_equal_the_fits_on_the_formula(parts):
+    from dode.learn import fit_iia, fit_s4s
+
+    sched, net, labels = parts
+    noise = torch.randn(6, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    for fit, kw in ((fit_iia, dict(substeps=3)), (fit_s4s, dict(iters=4, teacher="ddim", teacher_nfe=20))):
+        got = fit(guided(net, sched, labels, 2.0), noise, "ddim", nfe=4, **kw)
+        want = fit(reference(net, sched, labels, 2.0), noise, "ddim", nfe=4, **kw)
+        for a, b in zip(got.theta, want.theta):
+            torch.testing.assert_close(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64),
+                                       rtol=1e-7, atol=1e-10)
+        assert any(float(torch.as_tensor(v).abs().sum()) > 0 for v in got.theta), fit.__name__
