@@ -8,6 +8,11 @@ is a VE state ``x0 + σ·n`` and ``sigma`` a float64 tensor of shape ``(batch,)`
 * ``schedule`` — a :mod:`dode.core.schedules` schedule (default: VE, t = σ).
 * ``default_grid`` — the grid the paper uses for the model.
 * ``model_kwargs`` — a dict passed to the network on every call (class labels, guidance, …).
+* ``latent_shape`` and ``decode(z)`` — latent models: the shape of the solver's state, and the map
+  from final states to images in [-1, 1] (the runner decodes before writing shards).
+* ``set_prompts(prompts)`` — text-conditioned models: the condition of the next calls, one per sample.
+* ``null_condition`` — the model kwargs of the empty condition, for classifier-free guidance
+  (:mod:`dode.core.guidance`).
 """
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 For data ``x0 ~ Σ_k w_k N(μ_k, s_k² I)`` and ``x = x0 + σ n``, the exact denoiser is the posterior
 mean ``D(x, σ) = Σ_k r_k(x, σ) (μ_k + s_k²/(s_k² + σ²) (x − μ_k))`` with responsibilities
 ``r_k ∝ w_k N(x; μ_k, (s_k² + σ²) I)``. For one component the probability-flow ODE has the exact
-solution ``x(σ) = μ + (x(σ_a) − μ) · sqrt(s² + σ²)/sqrt(s² + σ_a²)``.
+solution ``x(σ) = μ + (x(σ_a) − μ) · sqrt(s² + σ²)/sqrt(s² + σ_a²)``. :class:`LatentMixture` is
+such a mixture on latents with a fixed linear decoder (the latent models' oracle).
 """
 from __future__ import annotations
 
@@ -85,3 +86,41 @@ class GaussianMixture(nn.Module):
         """This mixture as a noise-prediction model on a discrete VP schedule (default: linear T=1000)."""
         schedule = schedule or DiscreteVPSchedule.linear()
         return VPDenoiser(self.eps_model(schedule), schedule)
+
+
+class LatentMixture(nn.Module):
+    """An analytic latent model: latents ``z0 ~`` a :class:`GaussianMixture` (``mixture``) and images
+    ``decode(z0) = W·vec(z0) + b`` of shape ``image_shape`` (W: (prod(image_shape), prod(latent shape))).
+
+    Its denoiser is the mixture's exact one on latents (VE/x0, or the matching ε-model on a discrete VP
+    ``schedule`` when given), so the exact ODE flow of a one-component mixture, decoded, is the exact
+    image: solver orders and λ fits can be checked in latent space as in pixel space. For an orthogonal
+    square W, the images are themselves the mixture with means ``W·μ_k`` and the same isotropic stds.
+    """
+
+    def __init__(self, mixture: GaussianMixture, weight: Tensor, image_shape: Sequence[int],
+                 bias: Tensor | None = None, schedule: DiscreteVPSchedule | None = None):
+        super().__init__()
+        weight = torch.as_tensor(weight, dtype=torch.float64)
+        n_lat, n_img = math.prod(mixture.shape), math.prod(image_shape)
+        if weight.shape != (n_img, n_lat):
+            raise ValueError(f"the decoder must be ({n_img}, {n_lat}) for latents {tuple(mixture.shape)} and images "
+                             f"{tuple(image_shape)}, got {tuple(weight.shape)}")
+        self.mixture = mixture
+        self.model = mixture if schedule is None else mixture.as_vp(schedule)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", torch.zeros(n_img, dtype=torch.float64) if bias is None
+                             else torch.as_tensor(bias, dtype=torch.float64).reshape(n_img))
+        self.latent_shape = tuple(mixture.shape)
+        self.image_shape = tuple(int(v) for v in image_shape)
+        self.channels, self.resolution = self.image_shape[0], self.image_shape[-1]
+        for key in ("sigma_min", "sigma_max", "schedule", "prediction", "default_grid"):
+            setattr(self, key, getattr(self.model, key))
+
+    def forward(self, z: Tensor, sigma) -> Tensor:
+        return self.model(z, sigma)
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Images ``W·vec(z) + b`` of latents ``z`` (n, *latent_shape), in ``z``'s dtype."""
+        out = z.reshape(z.shape[0], -1).double() @ self.weight.T + self.bias
+        return out.reshape(z.shape[0], *self.image_shape).to(z.dtype)

@@ -6,7 +6,8 @@
 * :class:`EDMNet` — EDM's ``EDMPrecond`` as ``(x, σ, class_labels) → D``, for
   :class:`dode.core.denoisers.EDMDenoiser`;
 * :func:`schedule_from_config` — the discrete VP schedule of a config's ``schedule`` entry;
-* :func:`finish_denoiser` — the attributes every loaded denoiser carries.
+* :func:`finish_denoiser` — the attributes every loaded denoiser carries;
+* :func:`apply_guidance` — classifier-free guidance from a config's ``guidance`` entry.
 
 Class labels are integers of shape ``(batch,)`` (one-hot rows are accepted and reduced by argmax).
 """
@@ -18,10 +19,12 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from dode.core.guidance import ClassifierFreeGuidance
 from dode.core.schedules import DiscreteVPSchedule
 from dode.models.files import CheckpointError, checkpoint_label
 
-__all__ = ["DiscreteNet", "ClassifierGuidance", "EDMNet", "schedule_from_config", "finish_denoiser"]
+__all__ = ["DiscreteNet", "ClassifierGuidance", "EDMNet", "schedule_from_config", "finish_denoiser",
+           "apply_guidance"]
 
 
 def _check_labels(labels: Tensor | None, x: Tensor, num_classes: int, name: str) -> Tensor | None:
@@ -153,3 +156,29 @@ def finish_denoiser(den: nn.Module, cfg: Mapping, path: Path, num_classes: int, 
         den.default_grid = cfg["default_grid"]
     den.eval().requires_grad_(False)
     return den.to(device) if device is not None else den
+
+
+def apply_guidance(den: nn.Module, cfg: Mapping) -> nn.Module:
+    """``den`` under classifier-free guidance when the config sets ``guidance.scale`` (else ``den``):
+    :class:`dode.core.guidance.ClassifierFreeGuidance` with the empty condition ∅ of
+    ``guidance.null_class`` (the label a class-conditional model was trained with for "no class") or
+    the model's own ``null_condition`` (text models: the embedding of the empty prompt)."""
+    g = dict(cfg.get("guidance") or {})
+    unknown = sorted(set(g) - {"scale", "null_class"})
+    if unknown:
+        raise CheckpointError(f"{checkpoint_label(cfg)}: unknown guidance key(s) {', '.join(unknown)}; "
+                              f"valid: scale, null_class")
+    if g.get("scale") is None:
+        return den
+    scale = g["scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise CheckpointError(f"{checkpoint_label(cfg)}: guidance.scale must be a number, got {scale!r}")
+    if g.get("null_class") is not None:
+        null = {"class_labels": torch.tensor([int(g["null_class"])])}
+    else:
+        null = getattr(den, "null_condition", None)
+    if not null:
+        raise CheckpointError(f"{checkpoint_label(cfg)}: guidance.scale={scale} needs the empty condition ∅: set "
+                              f"checkpoint.guidance.null_class (the class label the model was trained with for "
+                              f"'no class'), or use a text-conditioned model")
+    return ClassifierFreeGuidance(den, float(scale), null)

@@ -5,6 +5,7 @@ file, its checksum (where known), the architecture, schedule and prediction type
 it. :func:`load_checkpoint` reads that mapping and returns a denoiser ``D(x, σ) → x̂0`` (see
 :mod:`dode.core.denoisers`) with the extra attributes ``num_classes`` (0: unconditional), ``resolution``,
 ``channels``, ``name``, ``class_label`` (a fixed class, or None to draw one per seed) and ``path``.
+A ``guidance: {scale: w}`` entry wraps it in classifier-free guidance (:func:`dode.models.adapters.apply_guidance`).
 Where the file is looked for: :func:`dode.models.files.resolve_file`.
 
 Loaders (the ``loader`` key) live in :data:`LOADERS`, a plain dict name → ``fn(cfg) -> denoiser``
@@ -30,6 +31,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from dode.models.adapters import apply_guidance
 from dode.models.files import CheckpointError, checkpoint_label, resolve_file
 from dode.models.loaders import load_adm, load_ddpm, load_diffusers, load_edm
 
@@ -42,6 +44,7 @@ LOADERS: dict[str, Callable[..., nn.Module] | str] = {
     "edm": load_edm,
     # other modules' loaders, imported on first use ("module:function")
     "digits": "dode.models.digits:load_digits_checkpoint",
+    "diffusers_sd": "dode.models.latent:load_diffusers_sd",
 }
 
 
@@ -102,6 +105,8 @@ def load_checkpoint(cfg: Any, device: torch.device | str | None = None) -> nn.Mo
         raise CheckpointError(f"{checkpoint_label(c)}: the config has no 'loader' key")
     fn = _resolve_loader(loader)
     if _takes_device(fn):
-        return fn(c, device=device)
-    den = fn(c)
-    return den.to(device) if device is not None and hasattr(den, "to") else den
+        den = fn(c, device=device)
+    else:
+        den = fn(c)
+        den = den.to(device) if device is not None and hasattr(den, "to") else den
+    return apply_guidance(den, c)

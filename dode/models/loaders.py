@@ -29,7 +29,7 @@ from dode.models.adapters import ClassifierGuidance, DiscreteNet, EDMNet, finish
 from dode.models.files import (CheckpointError, checkpoint_label, error_summary, extract_state_dict,
                                load_state_into, load_torch_file, resolve_file, verify_checksum)
 
-__all__ = ["load_ddpm", "load_adm", "load_diffusers", "load_edm"]
+__all__ = ["load_ddpm", "load_adm", "load_diffusers", "load_edm", "diffusers_schedule"]
 
 Device = torch.device | str | None
 log = logging.getLogger("dode.models")
@@ -107,7 +107,7 @@ _DIFFUSERS_PRED = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 _DIFFUSERS_BETAS = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 
 
-def _diffusers_schedule(folder: Path, cfg: Mapping) -> tuple[DiscreteVPSchedule, str]:
+def diffusers_schedule(folder: Path, cfg: Mapping) -> tuple[DiscreteVPSchedule, str]:
     """Schedule and prediction from the folder's ``scheduler_config.json`` (also looked for in
     ``../scheduler/`` and ``scheduler/``), else the config's ``schedule`` and ``prediction``."""
     sc_path = next((p for p in (folder / "scheduler_config.json", folder.parent / "scheduler" /
@@ -173,7 +173,7 @@ def load_diffusers(cfg: Mapping, device: Device = None) -> nn.Module:
         if cfg.get(key) not in (None, have):
             raise CheckpointError(f"{label}: {folder} is a {key}={have} model but the config says "
                                   f"{key}={cfg.get(key)}; is it the right folder?")
-    schedule, prediction = _diffusers_schedule(folder, cfg)
+    schedule, prediction = diffusers_schedule(folder, cfg)
     model = DiscreteNet(net, "diffusers", channels, 1.0, num_classes, name=str(cfg.get("name")))
     den = VPDenoiser(model, schedule, prediction=prediction)
     return finish_denoiser(den, cfg, folder, num_classes, res, channels, device)

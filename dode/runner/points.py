@@ -304,6 +304,13 @@ def check_files(point: Point) -> None:
                     resolve_file(cfg, key)
                 except UserError as e:
                     problems.append(str(e))
+    if point.dataset.get("captions"):
+        from dode.eval.prompts import resolve_captions
+
+        try:
+            resolve_captions(point.dataset["captions"])
+        except UserError as e:
+            problems.append(str(e))
     try:
         check_eval(point)
     except UserError as e:
@@ -324,6 +331,11 @@ def check_with_model(point: Point, denoiser) -> None:
     if configured and all(isinstance(v, int) and v > 0 for v in loaded) and tuple(loaded) != configured:
         raise UserError(f"the file of checkpoint {ck} holds a model of {_fmt(loaded)} images, but its config (or "
                         f"the dataset {point.choices.dataset}) says {_fmt(configured)}: is it the right file?")
+    texts, captions = hasattr(denoiser, "set_prompts"), bool(point.dataset.get("captions"))
+    if texts != captions:
+        raise UserError(f"checkpoint {ck} is a text-to-image model: choose a dataset with captions (dataset=coco)"
+                        if texts else f"dataset {point.choices.dataset} has captions but checkpoint {ck} takes no "
+                        "text: choose a text-to-image checkpoint (e.g. checkpoint=sd-v1-5)")
     try:
         spec, sigmas, plan = solver_grid(denoiser, name, nfe, point.grid)
     except ValueError as e:
@@ -362,6 +374,7 @@ FILE_KINDS = {
     "diffusers": "a diffusers model folder (config.json and the weights) or its weights file",
     "edm": "an EDM network pickle (network-snapshot-*.pkl / edm-*.pkl)",
     "digits": "a PyTorch state dict made by scripts/train_digits.py",
+    "diffusers_sd": "a diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)",
 }
 
 
@@ -410,7 +423,11 @@ def _what_file(path: Any, e: Exception) -> str:
 
 
 def image_shape(point: Point, denoiser) -> tuple[int, int, int]:
-    """(C, H, W) of the model's images: from the checkpoint config, else the dataset config."""
+    """(C, H, W) of the solver's state: a latent model's ``latent_shape``, else the images' from the
+    checkpoint config, else the dataset config."""
+    latent = getattr(denoiser, "latent_shape", None)
+    if latent is not None:
+        return tuple(int(v) for v in latent)
     for node in (point.checkpoint, point.dataset):
         c, r = node.get("channels"), node.get("resolution")
         if c and r:

@@ -53,13 +53,29 @@ def make_noise(block: int, indices: Iterable[int], shape: tuple, dtype=torch.flo
 
 
 def set_labels(denoiser, point: Point, seeds: list[int], device: str) -> None:
-    """Class labels of a conditional model for the samples ``seeds``: ``denoiser.model_kwargs
-    ["class_labels"]`` drawn by :func:`draw_labels` (each from its sample's seed)."""
+    """The conditions of the samples ``seeds``: class labels of a conditional model in
+    ``denoiser.model_kwargs["class_labels"]`` drawn by :func:`draw_labels` (each from its sample's
+    seed); for a dataset with captions, the prompt of each sample index (:func:`set_prompts`)."""
+    if point.dataset.get("captions"):
+        set_prompts(denoiser, point, seeds)
     n = int(point.checkpoint.get("num_classes") or 0)
     if not n:
         return
     labels = draw_labels(seeds, n, fixed=point.checkpoint.get("class_label"))
     denoiser.model_kwargs["class_labels"] = labels.to(device)
+
+
+def set_prompts(denoiser, point: Point, seeds: list[int]) -> None:
+    """``denoiser.set_prompts``: sample ``i`` (stream seed ``block·10⁷ + i``) gets caption ``i`` of the
+    dataset's selection (:func:`dode.eval.prompts.captions_of`), in every seed block."""
+    from dode.eval.prompts import captions_of
+
+    captions = captions_of(point.dataset["captions"])
+    index = [s % BLOCK for s in seeds]
+    if max(index, default=0) >= len(captions):
+        raise UserError(f"sample {max(index)} needs a caption but dataset.captions selects only {len(captions)}: "
+                        f"raise dataset.captions.count or lower num_samples/batch")
+    denoiser.set_prompts([captions[i] for i in index])
 
 
 def _label_seed(seed: int) -> int:

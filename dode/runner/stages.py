@@ -128,6 +128,8 @@ def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: 
                 with torch.no_grad():
                     x = sample(denoiser, noise.to(ctx.device), solver=point.solver["name"], nfe=point.nfe,
                                lambdas=correction, grid=grid)
+                    if hasattr(denoiser, "decode"):  # latent models: final latents → images in [-1, 1]
+                        x = denoiser.decode(x)
                 parts.append(to_uint8(x))
                 bar.update(len(idx))
             data = encode_shard(np.concatenate(parts), np.arange(sh.start, sh.stop), seed, key)
@@ -226,6 +228,15 @@ def check_weights(folder: Path, weights: str | None, point: Point) -> None:
                         "nothing was changed.")
 
 
+def write_prompts(point: Point, folder: Path) -> None:
+    """``prompts.json`` in the run folder: the caption of sample i, for i < num_samples (every seed)."""
+    from dode.eval.prompts import captions_of
+
+    data = captions_of(point.dataset["captions"]).record(point.num_samples)
+    if read_json(folder / "prompts.json") != data:
+        write_json(folder / "prompts.json", data)
+
+
 def run_point(point: Point, denoiser, ctx: Context, weights: str | None = None) -> list[dict]:
     """Fit, generate and score one point in its run folder (resumable); ``weights``: the model's
     :func:`weights_digest`, checked against and recorded in run.json."""
@@ -241,6 +252,8 @@ def run_point(point: Point, denoiser, ctx: Context, weights: str | None = None) 
             if read_json(folder / "run.json") != json.loads(json.dumps(info, default=str)):
                 write_json(folder / "run.json", info)
             rlog(f"start ({ctx.world} process{'es' if ctx.world > 1 else ''}, device {ctx.device})", console=False)
+            if point.dataset.get("captions"):  # text-to-image: the prompt of every sample index
+                write_prompts(point, folder)
             if remove_stale_tmp(folder):
                 rlog("removed temporary files of an interrupted run", console=False)
         shape = image_shape(point, denoiser)

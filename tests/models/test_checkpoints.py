@@ -29,5 +29,5 @@ def test_configs_state_what_a_user_needs():
 
 
 def test_unknown_loader_lists_known_ones():
-    with pytest.raises(CheckpointError, match="known: .*adm.*ddpm.*diffusers.*edm"):
+    with pytest.raises(CheckpointError, match="known: .*adm.*ddpm.*diffusers.*diffusers_sd.*edm"):
         load_checkpoint({"name": "x", "loader": "nope"})
