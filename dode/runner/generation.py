@@ -3,7 +3,8 @@
 Rank 0 reads the manifest and decides which shards to make; they are cut into equal runs of
 samples, one per rank (:mod:`dode.runner.striping`). On a GPU the next batch's noise is drawn (on
 the CPU, one generator per sample: :mod:`dode.runner.seeds`) in a thread while the current batch
-samples, and copied from pinned memory without blocking; images become uint8 on the device. None
+samples, and copied from pinned memory without blocking; images become uint8 on the device; shard
+files (savez, sha256, fsync, manifest) are written by a thread while the next shard samples. None
 of this changes a byte of the images.
 """
 from __future__ import annotations
@@ -129,13 +130,21 @@ def generate_stage(point: Point, folder: Path, seed: int, denoiser, correction: 
         manifest.add(sh, {"start": sh.start, "stop": sh.stop, "seed": seed, "sha256": sha256_bytes(data),
                           "bytes": len(data), "seconds": round(seconds, 4), "rank": ctx.rank, **(extra or {})})
 
-    with torch.no_grad(), precision_mode(denoiser, ctx.device, **point.speed()):
+    # files are written by one thread while the next piece samples (the writes release the GIL)
+    with torch.no_grad(), precision_mode(denoiser, ctx.device, **point.speed()), \
+            ThreadPoolExecutor(max_workers=1) as writer:
+        writes = []
         for piece in mine:
             images, seconds = make(piece)
             if piece.whole:
-                write_shard(piece.shard, images, seconds)
+                writes.append(writer.submit(write_shard, piece.shard, images, seconds))
             else:
-                write_atomic(samples / piece.part_name, encode_part(images, piece, seed, key, seconds))
+                writes.append(writer.submit(write_atomic, samples / piece.part_name,
+                                            encode_part(images, piece, seed, key, seconds)))
+            while writes and (writes[0].done() or len(writes) > 2):  # at most two shards wait in memory
+                writes.pop(0).result()  # a failed write stops the job here
+        for w in writes:
+            w.result()
     bar.close()
     if ctx.world > 1:
         ctx.barrier()  # every piece is on disk: the owners join theirs

@@ -21,6 +21,7 @@ import torch
 from dode.errors import UserError
 from dode.runner.distributed import Context
 from dode.runner.generation import generate_stage, show_progress
+from dode.runner.precision import precision_mode
 from dode.runner.points import Point, check_with_model, image_shape, load_denoiser
 from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.core.denoisers import weights_digest
@@ -61,7 +62,8 @@ def fit_stage(point: Point, folder: Path, denoiser, ctx: Context, rlog: RunLog, 
                 f"{block}·10^7 + j, j < {len(noise)}", "device": ctx.device, "dtype": point.dtype,
             }
             start = time.perf_counter()
-            with torch.enable_grad():  # gradient-based fits (S4S) need it; closed-form ones make no graph
+            # gradient-based fits (S4S) need grad; closed-form ones make no graph. Always fp32 (no TF32)
+            with torch.enable_grad(), precision_mode(denoiser, ctx.device):
                 corr = method.fit(denoiser, noise.to(ctx.device), point, show_progress(point), provenance)
             seconds = time.perf_counter() - start
             if hasattr(corr, "provenance") and isinstance(corr.provenance, dict):

@@ -201,9 +201,9 @@ def _fail_on_call(monkeypatch, target: str, n: int, err: OSError) -> None:
 
 
 DISK_FAULTS = [
-    ("dode.runner.stages:write_atomic", 3, errno.ENOSPC, "No space left on device", "the disk is full"),
+    ("dode.runner.generation:write_atomic", 3, errno.ENOSPC, "No space left on device", "the disk is full"),
     ("dode.runner.stages:write_json", 2, errno.EROFS, "Read-only file system", "read-only or not writable"),
-    ("dode.runner.stages:write_atomic", 1, errno.EACCES, "Permission denied", "read-only or not writable"),
+    ("dode.runner.generation:write_atomic", 1, errno.EACCES, "Permission denied", "read-only or not writable"),
     ("dode.runner.results:write_atomic", 1, errno.EDQUOT, "Disk quota exceeded", "the disk is full"),
 ]
 
