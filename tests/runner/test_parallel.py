@@ -69,6 +69,7 @@ def test_default_test_run_makes_the_same_bytes_as_before(reference):
     assert image_hashes(reference) == BEFORE
 
 
+@pytest.mark.slow  # three spawned workers: 19 s on the shared 2-core machine
 def test_three_processes_cut_shards_and_give_identical_samples(reference, tiny_conf, tmp_path):
     # 64 samples in shards of 16 over 3 ranks: rank boundaries at 21 and 42 cut two shards
     results = tmp_path / "r"
