@@ -1,8 +1,10 @@
 """Benchmarks of ``dode-run`` (ratios measured in one run; no timed assertions).
 
-1. Generation throughput with 1 and 2 processes on CPU, one thread each: images/s from the shard
-   timings of the manifests (generation only) and from the wall clock of the whole job (spawn
-   included); efficiency = (images/s with 2) / (2 × images/s with 1).
+1. Generation and metric throughput with 1 and 2 processes on CPU, one thread each: images/s from
+   the shard timings of the manifests (generation only), from the metric's own time (``metric_seconds``
+   of its JSON: reading and checking the shards, features on every rank, the all-reduce, the Fréchet
+   distance) and from the wall clock of the whole job (spawn included); efficiency = (images/s with
+   2) / (2 × images/s with 1); the metric's share = metric time / (generation + metric time).
 2. Wall time of the default run (``dode-run`` with no arguments: DDIM vs D-DDIM at NFE 5 and 10 on
    digits, 3 seeds), end to end in a fresh process.
 3. Peak resident memory of a 50,000-sample digits run (D-DDIM, NFE 10, one seed), from
@@ -69,8 +71,14 @@ def shard_seconds(results: Path) -> dict[int, float]:
     per_rank: dict[int, float] = {}
     for m in results.rglob("manifest.json"):
         for e in json.loads(m.read_text())["shards"].values():
-            per_rank[e["rank"]] = per_rank.get(e["rank"], 0.0) + float(e["seconds"] or 0.0)
+            for part in e.get("pieces") or [e]:  # a shard cut between ranks records each rank's piece
+                per_rank[part["rank"]] = per_rank.get(part["rank"], 0.0) + float(part["seconds"] or 0.0)
     return per_rank
+
+
+def metric_seconds(results: Path) -> float:
+    """The metric stage's seconds, summed over the metric files of a results folder."""
+    return sum(float(json.loads(m.read_text())["metric_seconds"]) for m in results.rglob("metrics/*.json"))
 
 
 def throughput(tmp: Path, n: int, stand_in: list[str]) -> None:
@@ -81,14 +89,16 @@ def throughput(tmp: Path, n: int, stand_in: list[str]) -> None:
     for world in (1, 2):
         results = tmp / f"tp{world}"
         wall = dode_run([*common, f"results_dir={results}", f"world_size={world}"], threads=1)
-        gen = max(shard_seconds(results).values())
-        rows[world] = (n / gen, n / wall, wall)
-    (g1, w1, t1), (g2, w2, t2) = rows[1], rows[2]
-    print(f"[throughput] digits-ddpm, DDIM NFE 10, {n} images, CPU, 1 thread per process")
-    print(f"  1 process : {g1:8.0f} images/s generating, {w1:8.0f} images/s end to end ({t1:.1f} s)")
-    print(f"  2 processes: {g2:8.0f} images/s generating, {w2:8.0f} images/s end to end ({t2:.1f} s)")
-    print(f"  speed-up 2 vs 1: {g2 / g1:.2f}× generating (efficiency {g2 / (2 * g1):.0%}), "
-          f"{w2 / w1:.2f}× end to end (efficiency {w2 / (2 * w1):.0%}; includes spawning the workers)")
+        gen, met = max(shard_seconds(results).values()), metric_seconds(results)
+        rows[world] = (n / gen, n / met, n / wall, wall, met / (gen + met))
+    (g1, m1, w1), (g2, m2, w2) = rows[1][:3], rows[2][:3]
+    print(f"[throughput] digits-ddpm, DDIM NFE 10, FD-digits, {n} images, CPU, 1 thread per process")
+    for world, (g, m, w, t, share) in rows.items():
+        print(f"  {world} process{'es' if world > 1 else '  '}: {g:8.0f} images/s generating, {m:8.0f} images/s "
+              f"metric ({m / g:.2f}× generation; metric share {share:.0%}), {w:8.0f} images/s end to end ({t:.1f} s)")
+    print(f"  speed-up 2 vs 1: {g2 / g1:.2f}× generating (efficiency {g2 / (2 * g1):.0%}), {m2 / m1:.2f}× metric "
+          f"(efficiency {m2 / (2 * m1):.0%}), {w2 / w1:.2f}× end to end (efficiency {w2 / (2 * w1):.0%}; "
+          "includes spawning the workers)")
 
 
 def default_run(tmp: Path, stand_in: list[str]) -> None:

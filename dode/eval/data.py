@@ -133,14 +133,18 @@ def load_digits_dataset(split: str = "all") -> Dataset:
 def to_uint8(x: Tensor | np.ndarray) -> np.ndarray:
     """Model-space images ``(N, C, H, W)`` in [−1, 1] → uint8 ``(N, H, W, C)``.
 
-    ``round((x + 1) · 127.5)`` clipped to [0, 255] (non-finite values become 0, then clipped).
+    ``round((x + 1) · 127.5)`` clipped to [0, 255] (non-finite values become 0, then clipped),
+    computed in float64 where ``x`` lives (IEEE-exact operations: the same bytes on every device;
+    MPS has no float64, so it is done on the CPU there); only the uint8 images are copied back.
     """
-    t = torch.as_tensor(x).detach().to("cpu", torch.float64)
+    t = torch.as_tensor(x).detach()
     if t.ndim != 4:
         raise ValueError(f"expected images (N, C, H, W), got shape {tuple(t.shape)}")
-    t = torch.nan_to_num(t, nan=-1.0, posinf=1.0, neginf=-1.0)
+    if t.device.type == "mps":
+        t = t.cpu()
+    t = torch.nan_to_num(t.to(torch.float64), nan=-1.0, posinf=1.0, neginf=-1.0)
     u = torch.round((t + 1) * 127.5).clamp(0, 255).to(torch.uint8)
-    return u.permute(0, 2, 3, 1).contiguous().numpy()
+    return u.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def from_uint8(u: np.ndarray | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -13,6 +13,7 @@ independent of the batch it is in.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -75,18 +76,19 @@ def _as_uint8_nhwc(images) -> np.ndarray:
     return a
 
 
-def extract_features(name: str, images, batch_size: int = 250, device: str = "cpu", mode: str = "clean",
-                     classifier: str | None = None, inception_weights: str | None = None,
-                     progress: bool = False, **_) -> np.ndarray:
-    """Features ``(N, d)`` (float32, d = 64 for ``fd_digits``, 2048 for ``fid``) of uint8 images
-    ``(N, H, W, C)``, ``batch_size`` at a time: for ``fid``, grey images are repeated to RGB, resized by
-    FID mode ``mode`` (:func:`dode.eval.resize.batch_resizer`) and passed through its network."""
+def feature_batches(name: str, images, batch_size: int = 250, device: str = "cpu", mode: str = "clean",
+                    classifier: str | None = None, inception_weights: str | None = None,
+                    progress: bool = False, **_) -> Iterator[torch.Tensor]:
+    """The features of uint8 images ``(N, H, W, C)``, ``batch_size`` at a time, as tensors on
+    ``device`` (float32 ``(n, d)``, d = 64 for ``fd_digits``, 2048 for ``fid``): for ``fid``, grey
+    images are repeated to RGB, resized by FID mode ``mode`` (:func:`dode.eval.resize.batch_resizer`)
+    and passed through its network. Each batch goes to the device from pinned memory (on a GPU)."""
     images = _as_uint8_nhwc(images)
     model = feature_extractor(name, device, classifier, mode, inception_weights)
     resize = batch_resizer(mode) if name == "fid" else (lambda x: x.to(torch.float32))
     if name == "fid" and images.shape[3] == 1:
         images = np.repeat(images, 3, axis=3)
-    feats = []
+    pin = str(device).startswith("cuda")
     starts = range(0, len(images), batch_size)
     if progress:
         from tqdm import tqdm
@@ -94,8 +96,19 @@ def extract_features(name: str, images, batch_size: int = 250, device: str = "cp
         starts = tqdm(starts, desc=f"{name} features", unit="batch")
     for i in starts:
         batch = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2)))
+        if pin:
+            batch = batch.pin_memory()
         with torch.no_grad():
-            feats.append(model(resize(batch.to(device))).detach().cpu().numpy())
+            yield model(resize(batch.to(device, non_blocking=pin))).detach().to(torch.float32)
+
+
+def extract_features(name: str, images, batch_size: int = 250, device: str = "cpu", mode: str = "clean",
+                     classifier: str | None = None, inception_weights: str | None = None,
+                     progress: bool = False, **_) -> np.ndarray:
+    """Features ``(N, d)`` (float32) of uint8 images ``(N, H, W, C)``: :func:`feature_batches`
+    gathered on the CPU."""
+    feats = [f.cpu().numpy() for f in feature_batches(name, images, batch_size, device, mode, classifier,
+                                                      inception_weights, progress)]
     if not feats:
         raise ValueError("no images to extract features from")
     return np.concatenate(feats).astype(np.float32)

@@ -31,14 +31,15 @@ from dode.eval.features import METRICS, DigitsFeatures, check_metric, extract_fe
 from dode.eval.images import IMAGE_EXTENSIONS, read_images
 from dode.eval.inception import INCEPTION_ENV, InceptionFeatures, inception_path
 from dode.eval.resize import MODES, check_mode
-from dode.eval.stats import (STATS_ENV, ReferenceStats, default_stats_path, feature_stats, frechet_distance,
-                             load_stats, read_stats, reference, reference_stats)
+from dode.eval.stats import (STATS_ENV, FeatureMoments, ReferenceStats, default_stats_path, feature_moments,
+                             feature_stats, frechet_distance, load_stats, read_stats, reference, reference_stats)
 
 __all__ = ["METRICS", "MODES", "INCEPTION_ENV", "STATS_ENV", "IMAGE_EXTENSIONS", "DigitsFeatures",
-           "InceptionFeatures", "MetricResult", "ReferenceStats", "check_metric", "check_mode",
-           "compute_metric", "default_stats_path", "evaluate_features", "extract_features", "feature_extractor",
-           "feature_stats", "frechet_distance", "inception_path", "load_stats", "main", "make_stats",
-           "read_images", "read_stats", "reference", "reference_stats", "score_features"]
+           "InceptionFeatures", "FeatureMoments", "MetricResult", "ReferenceStats", "check_metric", "check_mode",
+           "compute_metric", "default_stats_path", "evaluate_features", "evaluate_moments", "evaluate_stats",
+           "extract_features", "feature_extractor", "feature_moments", "feature_stats", "frechet_distance",
+           "inception_path", "load_stats", "main", "make_stats", "read_images",
+           "read_stats", "reference", "reference_stats", "score_features"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,17 @@ class MetricResult:
 
 def evaluate_features(name: str, feats: np.ndarray, **cfg) -> MetricResult:
     """The metric from already extracted features (``cfg`` as for :func:`compute_metric`)."""
-    mu, sigma = feature_stats(feats)
+    return evaluate_stats(name, *feature_stats(feats), **cfg)
+
+
+def evaluate_moments(name: str, moments: FeatureMoments, **cfg) -> MetricResult:
+    """The metric from feature moments summed over parts of the samples (:func:`feature_moments`,
+    e.g. all-reduced over processes); ``cfg`` as for :func:`compute_metric`."""
+    return evaluate_stats(name, *moments.stats(), **cfg)
+
+
+def evaluate_stats(name: str, mu: np.ndarray, sigma: np.ndarray, **cfg) -> MetricResult:
+    """The metric of samples with feature mean ``mu`` and covariance ``sigma``."""
     ref = reference(name, **cfg)
     if ref.mu.shape != mu.shape:
         raise UserError(f"reference statistics have {len(ref.mu)} features but {name} gives {len(mu)}")

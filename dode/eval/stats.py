@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from dode.errors import UserError
-from dode.eval.features import check_metric, extract_features
+from dode.eval.features import check_metric, extract_features, feature_batches
 from dode.eval.resize import check_mode
 
 STATS_ENV = "DODE_STATS_DIR"
@@ -30,6 +30,55 @@ def feature_stats(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if feats.ndim != 2 or len(feats) < 2:
         raise ValueError(f"need at least two feature vectors (N, d), got shape {feats.shape}")
     return np.mean(feats, axis=0), np.cov(feats, rowvar=False)
+
+
+@dataclass(frozen=True)
+class FeatureMoments:
+    """Sums of features in float64 — count ``n``, ``total`` = Σ x (d,), ``outer`` = Σ x xᵀ (d, d) —
+    that add over parts of a sample set (batches, processes) and give its mean and covariance."""
+    count: int
+    total: np.ndarray
+    outer: np.ndarray
+
+    @classmethod
+    def zeros(cls, dim: int) -> "FeatureMoments":
+        return cls(0, np.zeros(dim), np.zeros((dim, dim)))
+
+    def __add__(self, other: "FeatureMoments") -> "FeatureMoments":
+        return FeatureMoments(self.count + other.count, self.total + other.total, self.outer + other.outer)
+
+    def pack(self) -> np.ndarray:
+        """``[n, Σx, Σxxᵀ]`` as one float64 vector (for one all-reduce)."""
+        return np.concatenate([[float(self.count)], self.total, self.outer.ravel()])
+
+    @classmethod
+    def unpack(cls, v: np.ndarray, dim: int) -> "FeatureMoments":
+        v = np.asarray(v, dtype=np.float64)
+        return cls(int(round(v[0])), v[1:1 + dim].copy(), v[1 + dim:].reshape(dim, dim).copy())
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """μ = Σx / n and Σ = (Σxxᵀ − n μμᵀ) / (n − 1) (the ``N − 1`` covariance of :func:`feature_stats`)."""
+        if self.count < 2:
+            raise ValueError(f"need at least two feature vectors, got {self.count}")
+        mu = self.total / self.count
+        sigma = (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+        return mu, (sigma + sigma.T) / 2
+
+
+def feature_moments(name: str, images, **cfg) -> FeatureMoments:
+    """:class:`FeatureMoments` of the features of uint8 images (arguments of
+    :func:`~dode.eval.features.extract_features`), accumulated batch by batch in float64 on the
+    features' device (the CPU for MPS, which has no float64)."""
+    import torch
+
+    acc = None
+    for f in feature_batches(name, images, **cfg):
+        f = (f.cpu() if f.device.type == "mps" else f).to(torch.float64)
+        part = (f.shape[0], f.sum(0), f.T @ f)
+        acc = part if acc is None else (acc[0] + part[0], acc[1] + part[1], acc[2] + part[2])
+    if acc is None:
+        raise ValueError("no images to extract features from")
+    return FeatureMoments(int(acc[0]), acc[1].cpu().numpy(), acc[2].cpu().numpy())
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:

@@ -1,8 +1,10 @@
 """Many processes for ``dode-run``: one machine (spawned workers) or a cluster (torchrun, SLURM).
 
 Every process runs the same stage driver with its own :class:`Context` (rank, world size, device);
-generation is striped over ranks, rank 0 fits, merges and scores. The processes only meet at
-barriers: everything they exchange goes through the run folders (λ JSON, shards, manifests).
+generation and feature extraction are split evenly over the ranks, rank 0 fits, merges and scores.
+Images go through the run folders (λ JSON, shards, manifests); the processes exchange only small
+things directly: rank 0's list of shards to make (:meth:`Context.broadcast`) and the feature
+moments of the metric (:meth:`Context.all_reduce_sum`).
 
 * ``launcher=local`` (default): ``world_size`` workers are spawned on this machine with
   :mod:`torch.multiprocessing` and rendezvous on ``127.0.0.1`` (NCCL when there is a GPU per worker,
@@ -25,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -57,6 +60,27 @@ class Context:
             dist.barrier(device_ids=[torch.device(self.device).index or 0])
         else:
             dist.barrier()
+
+    def _comm_device(self) -> torch.device:
+        """Where collective tensors live: this process's GPU under NCCL, else the CPU."""
+        return torch.device(self.device) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` (a small picklable value) on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src, device=self._comm_device())
+        return box[0]
+
+    def all_reduce_sum(self, values: np.ndarray) -> np.ndarray:
+        """The element-wise sum over the ranks of a float64 array (a copy; this array when alone)."""
+        values = np.ascontiguousarray(values, dtype=np.float64)
+        if not self.distributed:
+            return values
+        t = torch.from_numpy(values.copy()).to(self._comm_device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.cpu().numpy()
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():

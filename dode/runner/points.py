@@ -20,6 +20,7 @@ from dode.errors import InvalidChoice, UserError
 from dode.runner.config import config_dir, group_option, without_group
 from dode.runner.methods import Method, method_of
 from dode.runner.options import DTYPES
+from dode.runner.precision import DEFAULTS, check_precision
 from dode.runner.seeds import BLOCK, FIT_BLOCK, MAX_FIT_SEED
 
 # config keys that describe a `_target_` model or metric rather than being its arguments
@@ -59,6 +60,13 @@ class Point:
     choices: Choices
     nfe: int
     distill: dict
+    precision: str = "fp32"  # network precision and speed options (dode.runner.precision)
+    compile: bool = False
+    channels_last: bool = False
+
+    def speed(self) -> dict:
+        """The network options of :func:`dode.runner.precision.precision_mode`."""
+        return {"precision": self.precision, "compile": self.compile, "channels_last": self.channels_last}
 
     def to_dict(self) -> dict:
         """The point as plain JSON-able data (as stored in run.json)."""
@@ -145,6 +153,7 @@ def check_grid_length(point: Point) -> None:
 # ------------------------------------------------------------------------------------------ building
 POINT_KEYS = ("dataset", "checkpoint", "eval", "solver", "scale", "batch", "fit_seed", "num_samples", "batch_size",
               "shard_size", "dtype", "results_dir", "progress")
+SPEED_KEYS = ("precision", "compile", "channels_last")
 INT_KEYS = ("scale", "batch", "fit_seed", "num_samples", "batch_size", "shard_size")
 
 
@@ -167,6 +176,8 @@ def build_points(cfg, choices: dict, none_distill: dict | None = None, with_file
     if not nfes or not seeds:
         raise UserError("nfe and seeds must not be empty")
     base = {k: c[k] for k in POINT_KEYS}
+    base.update({k: c[k] for k in SPEED_KEYS if k in c})
+    check_precision(*(base.get(k, DEFAULTS[k]) for k in SPEED_KEYS))
     base.update({k: _integer(k, c[k]) for k in INT_KEYS}, seeds=tuple(_integer("seeds", s) for s in seeds),
                 results_dir=str(c["results_dir"]), progress=bool(c["progress"]), dtype=str(c["dtype"]))
     names = {g: str(choices.get(g)) for g in ("dataset", "checkpoint", "eval", "solver", "distill")}

@@ -13,7 +13,8 @@ Run folders are derived from the config, never from the clock::
         seed-<s>/metrics/<eval>-n<num_samples>-<hash6>.json (+ .npz features)
 
 ``hash8`` is a SHA-256 of the resolved spec (checkpoint minus its file path, solver, NFE, dtype,
-correction and, for fitted corrections, K, B and the fit seed), so a rerun finds its folder again
+correction, for fitted corrections K, B and the fit seed, and the precision options that are not
+their defaults), so a rerun finds its folder again
 and two different configurations never share one.
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ import numpy as np
 
 from dode.errors import UserError
 from dode.runner.points import Point
+from dode.runner.precision import precision_spec
 
 log = logging.getLogger("dode.runner")
 
@@ -73,6 +75,9 @@ def run_spec(point: Point) -> dict:
     }
     if point.fits:
         spec.update(scale=point.scale, batch=point.batch, fit_seed=point.fit_seed)
+    speed = precision_spec(point.speed())
+    if speed:  # only when not the default fp32 run, so the default runs keep their folders
+        spec["precision"] = speed
     return spec
 
 

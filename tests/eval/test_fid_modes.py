@@ -211,3 +211,19 @@ def test_legacy_tensorflow_fid_end_to_end(tmp_path):
         pytest.approx(0.0, abs=1e-2)
     with pytest.raises(UserError, match="legacy_tensorflow"):
         metrics.compute_metric("fid", imgs, ref_stats=str(out))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_feature_moments_of_fid_equal_the_statistics_of_all_features(tmp_path):
+    """The runner's route (float64 moments summed batch by batch, as over processes) gives μ, Σ and
+    the FID of np.mean / np.cov on all features at once, in FID mode legacy_pytorch."""
+    _random_pytorch_fid_weights(tmp_path / "w.pth")
+    imgs = np.random.default_rng(5).integers(0, 256, size=(5, 20, 48, 3), dtype=np.uint8)
+    cfg = {"mode": "legacy_pytorch", "inception_weights": str(tmp_path / "w.pth"), "batch_size": 2}
+    feats = metrics.extract_features("fid", imgs, **cfg)
+    mom = metrics.feature_moments("fid", imgs[:3], **cfg) + metrics.feature_moments("fid", imgs[3:], **cfg)
+    mu, sigma = mom.stats()
+    ref_mu, ref_sigma = metrics.feature_stats(feats)
+    assert mom.count == len(imgs) and float(np.abs(ref_sigma).max()) > 1e-3
+    np.testing.assert_allclose(mu, ref_mu, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-7, atol=1e-9 * float(np.abs(ref_sigma).max()))

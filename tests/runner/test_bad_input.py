@@ -69,6 +69,8 @@ ON_TEST_MODEL = [
     (["compare_base=yes"], ["compare_base must be true or false"]),
     (["results_dir="], ["results_dir must name a folder"]),
     (["dtype=float16"], ["unknown dtype 'float16'", "float32, float64"]),
+    (["precision=fp8"], ["unknown precision 'fp8'", "fp32, tf32, bf16, fp16"]),
+    (["compile=maybe"], ["compile must be true or false", "'maybe'"]),
     (["+nfes=5"], ["unknown key 'nfes'", "`+nfes=5`", "Did you mean `nfe`", "Valid top-level keys", "seeds"]),
     (["+seed=3"], ["unknown key 'seed'", "Did you mean `seeds`"]),
     (["+word_size=2"], ["unknown key 'word_size'", "Did you mean `world_size`"]),
@@ -199,9 +201,9 @@ def _fail_on_call(monkeypatch, target: str, n: int, err: OSError) -> None:
 
 
 DISK_FAULTS = [
-    ("dode.runner.stages:write_atomic", 3, errno.ENOSPC, "No space left on device", "the disk is full"),
+    ("dode.runner.generation:write_atomic", 3, errno.ENOSPC, "No space left on device", "the disk is full"),
     ("dode.runner.stages:write_json", 2, errno.EROFS, "Read-only file system", "read-only or not writable"),
-    ("dode.runner.stages:write_atomic", 1, errno.EACCES, "Permission denied", "read-only or not writable"),
+    ("dode.runner.generation:write_atomic", 1, errno.EACCES, "Permission denied", "read-only or not writable"),
     ("dode.runner.results:write_atomic", 1, errno.EDQUOT, "Disk quota exceeded", "the disk is full"),
 ]
 

@@ -24,7 +24,7 @@ def test_points_are_typed_and_stored_in_run_json_order(tmp_path):
     data = json.loads(json.dumps(dode.to_dict()))
     assert list(data) == ["dataset", "checkpoint", "eval", "solver", "scale", "batch", "fit_seed", "num_samples",
                           "batch_size", "shard_size", "dtype", "results_dir", "progress", "seeds", "choices", "nfe",
-                          "distill"]
+                          "distill", "precision", "compile", "channels_last"]
     assert data["choices"] == CHOICES and data["seeds"] == [0, 1] and data["distill"]["kind"] == "dode"
 
 

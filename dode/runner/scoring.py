@@ -1,0 +1,129 @@
+"""The metric stage: one seed's samples scored, feature extraction split evenly over the ranks.
+
+Every rank reads and checks its equal share of the samples (:func:`dode.runner.striping.split_evenly`
+over all shards, the share it generated on a fresh run), extracts their features and sums their
+moments in float64 (:class:`dode.eval.stats.FeatureMoments`: n, Σx, Σxxᵀ); one all-reduce adds the
+ranks' sums, and rank 0 turns them into μ, Σ and the Fréchet distance. The value equals the
+one-process value up to the order of the float64 sums. A metric given as a callable ``_target_``
+sees all images at once, on rank 0.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dode.runner.distributed import Context
+from dode.runner.generation import show_progress
+from dode.runner.points import META_KEYS, Point
+from dode.runner.store import Manifest, RunLog, eval_id, read_json, run_key, shard_plan, write_atomic, write_json
+from dode.runner.striping import Piece, split_evenly
+
+
+def samples_digest(point: Point, folder: Path, seed: int) -> tuple[str, float]:
+    """(digest of the manifest's shard hashes in index order, summed sampling seconds) of ``seed``."""
+    samples = folder / f"seed-{seed}" / "samples"
+    entries = Manifest(samples, {}, run=run_key(point)).read()["shards"]
+    digest, seconds = hashlib.sha256(), 0.0
+    for sh in shard_plan(point.num_samples, point.shard_size):
+        if sh.name not in entries:
+            raise RuntimeError(f"{samples / sh.name} is missing after generation; rerun to regenerate it")
+        digest.update(entries[sh.name]["sha256"].encode())
+        seconds += float(entries[sh.name].get("seconds") or 0.0)
+    return digest.hexdigest(), seconds
+
+
+def load_samples(point: Point, folder: Path, seed: int, pieces: list[Piece] | None = None) -> np.ndarray:
+    """The images of ``pieces`` (default: every sample of ``seed``) in index order, each shard they
+    touch checked against the manifest (sha256, seed, indices, run key)."""
+    samples = folder / f"seed-{seed}" / "samples"
+    manifest = Manifest(samples, {}, run=run_key(point))
+    entries = manifest.read()["shards"]
+    if pieces is None:
+        pieces = split_evenly(shard_plan(point.num_samples, point.shard_size), 1)[0]
+    images = []
+    for p in pieces:
+        status, im = manifest.check(p.shard, seed, entries)
+        if im is None:
+            raise RuntimeError(f"{samples / p.shard.name} is {status} after generation; rerun to regenerate it")
+        images.append(im[p.start - p.shard.start:p.stop - p.shard.start])
+    if not images:
+        return np.zeros((0, 0, 0, 0), np.uint8)
+    return np.concatenate(images)
+
+
+def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool, ctx: Context | None = None) -> dict:
+    """``{"value": float, "mu": …, "sigma": …}`` (and, for FID, its ``mode``) of uint8 images
+    (N, H, W, C) under the ``eval`` config: :mod:`dode.eval.metrics` (feature moments, summed over
+    the ranks of ``ctx`` when given — each passing its own images — then the Fréchet distance), or a
+    callable ``_target_`` returning a float or such a dict. Only rank 0's result is complete."""
+    ev = point.eval
+    if "_target_" in ev:
+        from hydra.utils import instantiate
+
+        out = instantiate({k: v for k, v in ev.items() if k not in META_KEYS}, _partial_=True)(images)
+        out = dict(out) if isinstance(out, dict) else {"value": out}
+    else:
+        from dode.eval import metrics
+
+        ctx = ctx or Context()
+        name, kw = point.metric_name(), point.metric_kwargs(device)
+        if ctx.main:
+            metrics.reference_stats(name, **kw)  # a missing reference fails before the features
+        mom = metrics.feature_moments(name, images, progress=progress, **kw) if len(images) else None
+        dim = ctx.broadcast(len(mom.total) if mom is not None else None, src=ctx.world - 1)  # it has samples
+        mom = ctx.all_reduce_sum((mom or metrics.FeatureMoments.zeros(dim)).pack())
+        if not ctx.main:
+            return {}
+        out = metrics.evaluate_moments(name, metrics.FeatureMoments.unpack(mom, dim), **kw).as_dict()
+    out["value"] = float(out["value"])
+    return out
+
+
+def metric_stage(point: Point, folder: Path, seed: int, rlog: RunLog, ctx: Context | None = None) -> dict:
+    """The metric of ``seed`` on every rank (rank 0 writes it and returns it; the others return {});
+    skipped when its JSON exists for exactly these samples."""
+    ctx = ctx or Context()
+    metrics = folder / f"seed-{seed}" / "metrics"
+    eid = eval_id(point)
+    path = metrics / f"{eid}.json"
+    done, digest, sample_seconds = None, None, 0.0
+    if ctx.main:
+        digest, sample_seconds = samples_digest(point, folder, seed)
+        done = read_json(path)
+        done = done if isinstance(done, dict) and done.get("samples_digest") == digest and "value" in done else None
+        if done is not None:
+            rlog(f"seed {seed}: {eid} complete, skipped", console=False)
+    if ctx.broadcast(done is not None):
+        return done or {}
+    start = time.perf_counter()
+    if "_target_" in point.eval:
+        if not ctx.main:
+            return {}
+        images = load_samples(point, folder, seed)
+        out = compute_metric(images, point, ctx.device, show_progress(point))
+    else:
+        split = split_evenly(shard_plan(point.num_samples, point.shard_size), ctx.world)
+        images = load_samples(point, folder, seed, split[ctx.rank])
+        out = compute_metric(images, point, ctx.device, show_progress(point) and ctx.main, ctx)
+        if not ctx.main:
+            return {}
+    seconds = round(time.perf_counter() - start, 4)
+    features = {k: out.pop(k) for k in list(out) if isinstance(out[k], (np.ndarray, torch.Tensor))}
+    result = {"metric": point.choices.eval, "value": out.pop("value"), "seed": seed, "num_samples": point.num_samples,
+              "samples_digest": digest, "sample_seconds": round(sample_seconds, 4), "metric_seconds": seconds,
+              "metric_processes": 1 if "_target_" in point.eval else ctx.world, "eval": point.eval, **out}
+    if features:
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in features.items()})
+        write_atomic(metrics / f"{eid}.features.npz", buf.getvalue())
+        result["features"] = {"file": f"{eid}.features.npz",
+                              **{k: list(np.asarray(v).shape) for k, v in features.items()}}
+    write_json(path, result)
+    rlog(f"seed {seed}: {point.choices.eval} = {result['value']:.4f} ({point.num_samples} samples, {seconds:.1f} s"
+         + (f", {ctx.world} processes)" if result["metric_processes"] > 1 else ")"))
+    return result
