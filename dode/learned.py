@@ -2,12 +2,13 @@
 from dode.learn.distances import FeatureDistance, get_distance, lpips_distance, mse_distance
 from dode.learn.grids import MonotoneGrid, grid_of, sample_learned
 from dode.learn.iia import FineTargets, fit_iia, step_errors
+from dode.learn.ld3 import fit_ld3
 from dode.learn.s4s import fit_s4s, s4s_form, teacher_samples
 from dode.learn.s4s_alt import fit_s4s_alt
 
 __all__ = [
     "fit_iia", "FineTargets", "step_errors",
-    "fit_s4s", "fit_s4s_alt", "s4s_form", "teacher_samples", "MonotoneGrid",
+    "fit_s4s", "fit_s4s_alt", "fit_ld3", "s4s_form", "teacher_samples", "MonotoneGrid",
     "mse_distance", "FeatureDistance", "lpips_distance", "get_distance",
     "grid_of", "sample_learned",
 ]

@@ -5,8 +5,8 @@ The grid is S4S-Alt's :class:`~dode.learn.grids.MonotoneGrid` (σ_0 and σ = 0 f
 between, and with ``free_end`` the last positive σ, are free logits; strictly decreasing for every
 value), fitted by Adam through the solver (:func:`~dode.learn.s4s_alt.grid_gradient`) so that the
 student's samples match a teacher's on a small batch (LD3 uses ~100 teacher samples), with LD3's
-relaxed objective (:mod:`dode.learn.relaxed`; radius ``"ld3"``: its code's default 0.001·dim/N², :func:`~dode.learn.relaxed.ld3_radius`).
-The result is a correction with λ = 0 at every evaluation — the base solver bit for bit — whose
+relaxed objective (:mod:`dode.learn.relaxed`; radius ``"ld3"``: its code's default 0.001·dim/N²,
+:func:`~dode.learn.relaxed.ld3_radius`). The result is a correction with λ = 0 at every evaluation — the base solver bit for bit — whose
 provenance holds the learned grid (``grid``, ``grid_learned``), used when sampling
 (:func:`~dode.learn.grids.grid_of`).
 
@@ -55,7 +55,7 @@ def fit_ld3(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: G
     mg = MonotoneGrid(denoiser, base, grid_space, rho, free_end and bool(base[-1] == 0))
     params = problem.initial_params()
     loss0 = problem.loss(params, base)
-    logits, loss, runs = grid_gradient(problem, params, mg, mg.init.clone(), loss0, iters, lr, progress,
+    logits, _, loss, runs = grid_gradient(problem, params, mg, mg.init.clone(), loss0, iters, lr, progress,
                                        f"fit ld3 {spec.name}@{nfe}")
     accepted = loss < loss0
     sigmas = mg.sigmas(logits).detach() if accepted else base

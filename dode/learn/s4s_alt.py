@@ -2,10 +2,11 @@
 optimising the time grid.
 
 The grid's σ between its fixed ends are the :class:`~dode.learn.grids.MonotoneGrid` of free logits ℓ
-(one fixed at 0, N − 2 free; strictly monotone for every ℓ), optimised by gradient (``gradient``:
-Adam on ℓ, the gradient through the solver's differentiable grid, :mod:`dode.core.solvers`) or
-derivative-free (``nelder_mead``, scipy; each loss one student run on the batch). A grid is accepted
-only when it lowers the loss, so the loss never rises. The learned grid is stored as ``provenance["grid"]`` with ``provenance["grid_learned"] = True``
+(one fixed at 0, N − 2 free; strictly monotone for every ℓ), optimised by gradient (``gradient``: Adam
+on ℓ through the solver's differentiable grid, :mod:`dode.core.solvers`; ``joint``: with θ in the same
+steps) or derivative-free (``nelder_mead``, scipy; each loss one student run on the batch). A grid is
+accepted only when it lowers the loss, so the loss never rises. The learned grid is stored as
+``provenance["grid"]`` with ``provenance["grid_learned"] = True``
 (:func:`~dode.learn.grids.grid_of`, :func:`~dode.learn.grids.sample_learned`).
 """
 from __future__ import annotations
@@ -29,23 +30,28 @@ from dode.learn.s4s import S4SProblem, optimise, validation_pair
 
 __all__ = ["GRID_SEARCHES", "grid_gradient", "fit_s4s_alt"]
 
-GRID_SEARCHES = ("gradient", "nelder_mead")
+GRID_SEARCHES = ("gradient", "joint", "nelder_mead")
 END_START = 0.1  # the smallest |ℓ| of a free end a gradient search starts from
 
 
 def grid_gradient(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: Tensor, loss0: float, iters: int,
-                  lr: float, progress: bool, desc: str) -> tuple[Tensor, float, int]:
-    """Adam on the grid's free logits (``params`` fixed) for ``iters`` steps, learning rate ``lr`` with a
-    cosine decay to lr/100; the gradient reaches ℓ through σ(ℓ) (chain rule through a σ leaf, so the
-    loss's chunks each backpropagate to σ). A free end at |ℓ| < :data:`END_START` starts from there
-    (its σ a little above σ_lo). Returns (best logits seen, its loss, student runs)."""
+                  lr: float, progress: bool, desc: str,
+                  theta_lr: float | None = None) -> tuple[Tensor, Tensor, float, int]:
+    """Adam on the grid's free logits for ``iters`` steps, learning rate ``lr`` with a cosine decay to
+    lr/100 — ``params`` fixed, or optimised jointly with learning rate ``theta_lr`` when given (entries
+    where ``problem.mask`` is 0 stay fixed); the gradient reaches ℓ through σ(ℓ) (chain rule through
+    a σ leaf, so the loss's chunks each backpropagate to σ). A free end at |ℓ| < :data:`END_START`
+    starts from there (its σ a little above σ_lo). Returns (best logits seen, the parameters with them,
+    its loss, student runs)."""
     ell = logits.detach().clone()
-    if mg.free_end:  # the end's map u_lo + (u_0 − u_lo)(1 − e^{−ℓ²}) is stationary at ℓ = 0 (σ_lo): start off it
+    if mg.free_end:  # the end's map u_lo + (u_0 − u_lo)(1 − e^{−ℓ²}) is stationary at ℓ = 0: start off it
         ell[-1] = ell[-1].abs().clamp_min(END_START)
     ell.requires_grad_(True)
-    opt = torch.optim.Adam([ell], lr=lr)
+    p = params.detach().clone().requires_grad_(theta_lr is not None)
+    groups = [{"params": [ell], "lr": lr}] + ([{"params": [p], "lr": theta_lr}] if theta_lr is not None else [])
+    opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(iters, 1), eta_min=lr * 0.01)
-    best, runs = (loss0, logits.detach().clone()), 0
+    best, runs = (loss0, logits.detach().clone(), params.detach().clone()), 0
     bar = tqdm(total=iters, desc=desc, disable=not progress, leave=False)
     for _ in range(iters + 1):
         with torch.enable_grad():
@@ -53,21 +59,23 @@ def grid_gradient(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits:
         if not MonotoneGrid.monotone(sig.detach()):
             break
         leaf = sig.detach().requires_grad_(True)
-        loss = problem.loss(params.detach(), leaf, backward=runs < iters)
+        opt.zero_grad()
+        loss = problem.loss(p if p.requires_grad else p.detach(), leaf, backward=runs < iters)
         runs += 1
         if math.isfinite(loss) and loss < best[0]:
-            best = (loss, ell.detach().clone())
+            best = (loss, ell.detach().clone(), p.detach().clone())
         if runs > iters or not math.isfinite(loss):
             break
-        opt.zero_grad()
         sig.backward(leaf.grad)
+        if p.grad is not None:
+            p.grad.mul_(problem.mask)
         opt.step()
         sched.step()
-        problem.relax(params.detach(), mg.sigmas(ell.detach()))
+        problem.relax(p.detach(), mg.sigmas(ell.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4g}", best=f"{best[0]:.4g}")
     bar.close()
-    return best[1], best[0], runs
+    return best[1], best[2], best[0], runs
 
 
 def _nelder_mead(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: Tensor, loss0: float,
@@ -106,7 +114,7 @@ def _nelder_mead(problem: S4SProblem, params: Tensor, mg: MonotoneGrid, logits: 
 
 
 def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window: int = 3, grid: GridSpec = None,
-                rounds: int = 3, grid_space: str = "rho", grid_search: str = "gradient", grid_iters: int = 40,
+                rounds: int = 3, grid_space: str = "rho", grid_search: str = "joint", grid_iters: int = 40,
                 grid_lr: float = 0.05, grid_evals: int = 60, grid_step: float = 0.5,
                 teacher: str = "heun", teacher_nfe: int = 199, teacher_grid: GridSpec = None,
                 targets: Tensor | None = None, distance: str | Callable = "l2", iters: int = 200,
@@ -116,15 +124,16 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
                 rho: float = 7.0, free_end: bool = True, radius: float | str | None = None, relax_step: float = 1.0,
                 progress: bool = False, **provenance) -> Correction:
     """S4S-Alt (Frankel et al. 2025): alternate S4S's coefficient fit (Adam, see :func:`fit_s4s`)
-    with the time grid's (:class:`MonotoneGrid` logits in ``grid_space``; ``grid_search="gradient"``:
-    ``grid_iters`` Adam steps of learning rate ``grid_lr`` through the differentiable grid,
-    ``"nelder_mead"``: Nelder–Mead with at most ``grid_evals`` student runs per round, initial simplex
-    of size ``grid_step``): θ-fit (``iters`` Adam steps), then ``rounds`` × [grid fit, θ-fit
-    (``round_iters`` steps, default ``iters // 2``, warm-started)]. A grid is accepted only if it
-    lowers the training loss. ``radius``: the relaxed objective (:func:`fit_s4s`). ``free_end``: from the second grid search on, the last positive σ is
-    searched too (only σ_0 and the final σ = 0 stay), else it keeps the base grid's value. The
-    learned grid (ending at σ = 0) is ``provenance["grid"]`` (``grid_learned`` = True); pass
-    ``grid=grid_of(correction)`` to :func:`dode.sample`, or use :func:`sample_learned`.
+    with the time grid's (:class:`MonotoneGrid` logits in ``grid_space``). ``grid_search``:
+    ``"gradient"`` — ``grid_iters`` Adam steps of learning rate ``grid_lr`` through the differentiable
+    grid, θ fixed; ``"joint"`` — the same steps moving θ too (learning rate ``lr``); ``"nelder_mead"``
+    — Nelder–Mead with at most ``grid_evals`` student runs, initial simplex of size ``grid_step``.
+    Schedule: θ-fit (``iters`` Adam steps), then ``rounds`` × [grid fit, θ-fit (``round_iters``
+    steps, default ``iters // 2``, warm-started)]. A grid is accepted only if it lowers the training
+    loss. ``radius``: the relaxed objective (:func:`fit_s4s`). ``free_end``: from the second grid fit
+    on, the last positive σ is free too (only σ_0 and the final σ = 0 stay), else it keeps the base
+    grid's value. The learned grid (ending at σ = 0) is ``provenance["grid"]`` (``grid_learned`` =
+    True); pass ``grid=grid_of(correction)`` to :func:`dode.sample`, or use :func:`sample_learned`.
     """
     start = time.perf_counter()
     if grid_search not in GRID_SEARCHES:
@@ -151,9 +160,12 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
         mg = MonotoneGrid(denoiser, sigmas, grid_space, rho, free_end and r > 1)
         if mg.n_free == 0:
             continue
-        if grid_search == "gradient":
-            new_logits, new_loss, n = grid_gradient(problem, params, mg, mg.init.clone(), current, grid_iters,
-                                                    grid_lr, progress, f"{desc} grid {r}")
+        if grid_search in ("gradient", "joint"):
+            new_logits, new_params, new_loss, n = grid_gradient(
+                problem, params, mg, mg.init.clone(), current, grid_iters, grid_lr, progress, f"{desc} grid {r}",
+                lr if grid_search == "joint" else None)
+            if new_loss < current:
+                params = new_params
         else:
             new_logits, new_loss, n = _nelder_mead(problem, params, mg, mg.init.clone(), current, grid_evals,
                                                    grid_step, progress, f"{desc} grid {r}")
@@ -176,7 +188,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
             "base_sigmas": [float(v) for v in base.base], "grid_changed": learned, "sigmas": [float(v) for v in sigmas],
             "model": weights_digest(denoiser),
             "grid_space": grid_space, "free_end": bool(free_end), "rounds": rounds, "grid_search": grid_search,
-            **({"grid_iters": grid_iters, "grid_lr": grid_lr} if grid_search == "gradient" else
+            **({"grid_iters": grid_iters, "grid_lr": grid_lr} if grid_search != "nelder_mead" else
                {"grid_evals": grid_evals, "grid_step": grid_step}),
             "batch": int(noise.shape[0]), "distance": problem.distance_name, **problem.relax_record(),
             "iters": iters, "round_iters": round_iters, "lr": lr, **problem.teacher_info, "loss_init": loss0,

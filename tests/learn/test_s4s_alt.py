@@ -36,7 +36,7 @@ def test_s4s_alt_keeps_the_grid_monotone_and_lowers_the_loss(models, mixture_noi
     assert _rms(sample_learned(model, held_out, corr), teacher) < 0.5 * base
 
 
-@pytest.mark.parametrize("search", ["gradient", "nelder_mead"])
+@pytest.mark.parametrize("search", ["gradient", "joint", "nelder_mead"])
 def test_s4s_alt_frees_the_last_sigma_from_the_second_grid_search_on(models, mixture_noise, search):
     model, noise = models["edm"], mixture_noise(32, 17)
     kw = dict(iters=20, round_iters=10, grid_evals=15, grid_iters=10, teacher_nfe=59, grid_search=search)
@@ -55,7 +55,8 @@ def test_a_grid_learned_by_gradient_on_the_exact_gaussian_ode_lowers_the_final_e
     gm = GaussianMixture(torch.randn(1, 1, 3, 3), stds=[0.5])  # one Gaussian: the ODE's flow is exact
     exact = lambda n: gm.exact_solution(n * gm.sigma_max, gm.sigma_max, 0.0)  # noqa: E731
     fit, held_out = mixture_noise(32, 18), mixture_noise(64, 19)
-    corr = fit_s4s_alt(gm, fit, solver, nfe, iters=0, round_iters=0, rounds=2, grid_iters=25, targets=exact(fit))
+    corr = fit_s4s_alt(gm, fit, solver, nfe, iters=0, round_iters=0, rounds=2, grid_iters=25, targets=exact(fit),
+                       grid_search="gradient")  # the grid alone: θ stays 0
     p = corr.provenance
     assert p["grid_search"] == "gradient" and p["grid_changed"] and all(v == 0 for row in corr.theta for v in row)
 
@@ -66,5 +67,5 @@ def test_a_grid_learned_by_gradient_on_the_exact_gaussian_ode_lowers_the_final_e
 
 
 def test_s4s_alt_refuses_an_unknown_grid_search(models, mixture_noise):
-    with pytest.raises(InvalidChoice, match="gradient, nelder_mead"):
+    with pytest.raises(InvalidChoice, match="gradient, joint, nelder_mead"):
         fit_s4s_alt(models["edm"], mixture_noise(4, 1), "ddim", 3, grid_search="bfgs")
