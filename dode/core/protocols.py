@@ -104,27 +104,21 @@ def resolve(grid: GridSpec, solver: str, denoiser, **overrides) -> Protocol | Te
     :class:`Preset` → its preset with its fields; a :class:`Protocol` or a tensor of σ → itself.
     ``overrides`` (spacing, endpoint, inner; None ignored) replace fields of the result (not of a
     tensor)."""
-    if isinstance(grid, Protocol):
-        proto = grid
-    elif isinstance(grid, Preset):
+    if isinstance(grid, Preset):
         return resolve(grid.name, solver, denoiser, spacing=grid.spacing, endpoint=grid.endpoint,
                        inner=grid.inner, **overrides)
+    fields = {k: v for k, v in overrides.items() if v is not None}
+    if isinstance(grid, Protocol):
+        proto = grid
     elif grid is None or isinstance(grid, str):
-        name = grid if grid in PRESETS else "paper"
-        proto = preset(name, solver, denoiser)
+        proto = preset(grid if grid in PRESETS else "paper", solver, denoiser)
         if grid is not None and grid not in PRESETS:
-            proto = replace(proto, spacing=grid)
-            proto.__post_init__()
+            fields = {"spacing": grid, **fields}
     else:
-        if any(v is not None for v in overrides.values()):
+        if fields:
             raise ValueError("an explicit σ grid cannot take grid/endpoint/inner overrides")
         return grid
-    fields = {k: v for k, v in overrides.items() if v is not None}
-    if not fields:
-        return proto
-    proto = replace(proto, **fields)
-    proto.__post_init__()
-    return proto
+    return replace(proto, **fields) if fields else proto  # replace validates through Protocol.__post_init__
 
 
 def spacing_of(grid: GridSpec, solver: str, denoiser) -> str:

@@ -34,11 +34,11 @@ def solver_grid(denoiser, solver: str | Solver, nfe: int, grid: GridSpec = None,
     sig = torch.as_tensor(proto, dtype=torch.float64).flatten()
     plan = spec.plan(nfe, bool(sig[-1] == 0))
     sig = time_grid(denoiser, len(sig) - 1, sig)
-    if spec.stage_grid and len(sig) - 1 == len(plan) != sum(plan):
-        sig = logsnr_stages(sig, plan)
-    if len(sig) - 1 != spec.intervals(plan):
+    if len(sig) - 1 not in spec.explicit_intervals(plan):
         raise ValueError(f"{spec.name} with NFE {nfe} takes {spec.intervals(plan)} grid intervals, but the "
                          f"explicit grid has {len(sig) - 1}")
+    if len(sig) - 1 != spec.intervals(plan):  # one point per step: stages at logSNR r
+        sig = logsnr_stages(sig, plan)
     return spec, sig, plan
 
 

@@ -128,6 +128,11 @@ class Solver:
         """The number of grid intervals a run with ``plan`` needs."""
         return sum(plan) if self.stage_grid else len(plan)
 
+    def explicit_intervals(self, plan: list) -> set[int]:
+        """The interval counts an explicit σ grid may have for ``plan``: :meth:`intervals`, or for
+        singlestep DPM-Solver also one per step (its stages are then placed at logSNR r)."""
+        return {self.intervals(plan), len(plan)} if self.stage_grid else {self.intervals(plan)}
+
     def plan_for_steps(self, steps: int, ends_at_zero: bool) -> list:
         """The plan of this solver on a grid of ``steps`` intervals (teachers run on given grids)."""
         for nfe in range(steps, 3 * steps + 1):

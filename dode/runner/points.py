@@ -142,7 +142,7 @@ def check_grid_length(point: Point) -> None:
         return
     spec = get_solver(point.solver["name"])
     plan = spec.plan(point.nfe, float(grid[-1]) == 0)
-    fits = {spec.intervals(plan), len(plan)} if spec.stage_grid else {spec.intervals(plan)}
+    fits = spec.explicit_intervals(plan)
     if len(grid) - 1 not in fits:
         need = " or ".join(str(n + 1) for n in sorted(fits))
         raise UserError(f"solver={point.choices.solver} nfe={point.nfe}: solver.grid lists {len(grid)} σ "
