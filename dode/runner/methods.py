@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.errors import UserError
-from dode.learn import fit_authors, fit_correction, fit_iia, fit_ld3, fit_s4s, fit_s4s_alt
+from dode.learn import fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_s4s, fit_s4s_alt
 
 if TYPE_CHECKING:
     from dode.runner.points import Point
@@ -112,6 +112,7 @@ S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_search", "grid_iters", "grid_lr
                    "round_iters", "free_end")
 LD3_OPTIONS = ("teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "lpips_weights", "classifier", "radius",
                "relax_step", "grid_space", "free_end")
+GITS_OPTIONS = ("fine", "teacher", "coeff", "metric")
 
 
 # ------------------------------------------------------------------------------- registered methods
@@ -175,3 +176,12 @@ def fit_ld3_method(denoiser, noise: Tensor, point: Point, progress: bool, proven
     of the distill config; the learned grid is in the provenance."""
     return fit_ld3(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
                    **options(point.distill, LD3_OPTIONS), **provenance)
+
+
+@register("gits", check=numbers("fine", integer=True))
+def fit_gits_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """GITS: :func:`dode.learn.fit_gits` (the base solver's grid chosen by dynamic programming over a
+    fine grid from the ``batch`` warm-up noises) with the set :data:`GITS_OPTIONS` of the distill
+    config; the grid is in the provenance."""
+    return fit_gits(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
+                    **options(point.distill, GITS_OPTIONS), **provenance)
