@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Union
 import torch
 from torch import Tensor
 
+from dode.core.dmn import dmn_sigmas
+
 if TYPE_CHECKING:  # pragma: no cover - typing only (denoisers imports this module)
     from dode.core.denoisers import Denoiser
 
-GRID_KINDS = ("time_uniform", "time_quadratic", "edm", "logsnr", "uniform_torch")
+GRID_KINDS = ("time_uniform", "time_quadratic", "edm", "logsnr", "dmn", "uniform_torch")
 Grid = Union[str, Tensor, None]
 _SNAP = 1e-9  # a time this close to an integer *is* that training step
 
@@ -140,6 +142,8 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
     * ``edm``: σ_i = (σ_max^{1/ρ} + i/(M−1) (σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ for the M positive points,
       then σ = 0 (M = N) or nothing (``sigma_min``: M = N + 1).
     * ``logsnr``: log σ evenly spaced from σ_max to σ_min, the same way.
+    * ``dmn``: the log σ of DMN's optimised steps for multistep DPM-Solver++ (Xue et al. 2024,
+      :mod:`dode.core.dmn`; data-free, from σ_max and σ_min alone), the same way.
     * a tensor: used as given (must be decreasing; ``steps`` is then its length − 1).
 
     ``lambda_min`` (discrete models): drop the training steps whose log-SNR λ = −log σ is below it
@@ -191,7 +195,9 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
         return sig
     m = steps if to_zero else steps + 1
     frac = torch.arange(m, dtype=torch.float64) / max(m - 1, 1)
-    if kind == "edm":
+    if kind == "dmn":
+        head = dmn_sigmas(smax, smin, m)
+    elif kind == "edm":
         head = (smax ** (1 / rho) + frac * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
     else:
         head = torch.exp(math.log(smax) + frac * (math.log(smin) - math.log(smax)))
@@ -201,7 +207,7 @@ def time_grid(denoiser: Denoiser, steps: int, kind: Grid = None, rho: float = 7.
 def refine(sigmas: Tensor, factor: int, denoiser: Denoiser, kind: Grid = None, rho: float = 7.0) -> Tensor:
     """Split every interval of ``sigmas`` into ``factor`` sub-intervals, evenly in the space where
     the grid ``kind`` is uniform (t for time grids, √t for quadratic, σ^{1/ρ} for EDM and explicit
-    grids, log σ for logSNR, except an interval ending at σ = 0, which uses σ^{1/ρ}). Every input σ
+    grids, log σ for logSNR and DMN, except an interval ending at σ = 0, which uses σ^{1/ρ}). Every input σ
     is kept bit for bit, so a teacher on the refined grid passes through every student time."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     if factor == 1:
@@ -217,7 +223,7 @@ def refine(sigmas: Tensor, factor: int, denoiser: Denoiser, kind: Grid = None, r
             p = 1.0 if kind == "time_uniform" else 0.5
             ua, ub = sched.t(a) ** p, sched.t(b) ** p
             inner = sched.sigma((ua + frac * (ub - ua)) ** (1 / p))
-        elif kind == "logsnr" and b > 0:
+        elif kind in ("logsnr", "dmn") and b > 0:
             inner = torch.exp(a.log() + frac * (b.log() - a.log()))
         else:
             ua, ub = a ** (1 / rho), b ** (1 / rho)

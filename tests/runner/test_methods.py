@@ -12,9 +12,9 @@ from dode.errors import UserError
 from dode.runner.methods import METHODS, Method, method_of
 from dode.runner.points import points_from_overrides
 from dode.runner.results import read_runs
-from runner_helpers import CONF, compose, custom_fit, dode_run
+from runner_helpers import CONF, compose, custom_fit, dode_run, run_main
 
-SMALL = {"iters": 4, "round_iters": 2, "rounds": 1, "grid_evals": 4, "teacher_nfe": 19}
+SMALL = {"iters": 4, "round_iters": 2, "rounds": 1, "grid_evals": 4, "teacher_nfe": 19, "fine": 12}
 
 
 def _point(option: str, *overrides: str):
@@ -28,7 +28,7 @@ def _fit(models, point, seed: int = 19) -> Correction:
         return point.method.fit(models["edm"], noise, point, False, {"fit_seed": 0})
 
 
-@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3"])
+@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3", "gits"])
 def test_distill_configs_and_registered_learned_methods(name, models):
     cfg = compose(f"distill={name}").distill
     assert cfg.name == name and cfg.kind == name and name in METHODS and "fit" not in cfg
@@ -71,3 +71,17 @@ def test_own_fit_runs_end_to_end(tiny_conf, tmp_path):
     saved = json.loads(lambdas.read_text())
     assert saved["theta"] == [[0.25]] * 4 and saved["provenance"]["fit_batch"] == 16
     assert read_runs(tmp_path)["distill"].tolist() == ["test-custom"]
+
+
+def test_gits_runs_end_to_end_on_the_embedded_digits_model(tmp_path):
+    """dode-run distill=gits on the default (embedded digits-ddpm, FD-digits): the grid is fitted once,
+    saved in lambdas.json and sampled with, next to the base solver's row."""
+    assert run_main(f"results_dir={tmp_path}", "progress=false", "distill=gits", "nfe=[4]", "seeds=[0]",
+                    "num_samples=200", "shard_size=200", "batch=16", "distill.fine=24") == 0
+    df = read_runs(tmp_path).set_index("distill")
+    assert set(df.index) == {"none", "gits"} and (df.metric == "fd_digits").all() and df.loc["gits", "fit_seconds"] > 0
+    (lambdas,) = tmp_path.rglob("lambdas.json")
+    prov = json.loads(lambdas.read_text())["provenance"]
+    grid = prov["grid"]
+    assert prov["method"] == "gits" and prov["grid_learned"] and prov["fine"] == 24 and prov["batch"] == 16
+    assert len(grid) == 5 and grid[-1] == 0 and all(a > b for a, b in zip(grid, grid[1:]))
