@@ -9,16 +9,17 @@ predictions at the last k nodes (k = 1 on the first and last step, 2 on the seco
 (:func:`step_weights`). With an error ε_n = e(λ_n) in the prediction at node n, e = σ_VP²/α =
 σ²/√(1 + σ²) (the code's default; σ_VP, α the VP noise and signal levels), DMN minimises the bound
 
-    B(λ) = Σ_{first/last step} |w ε| + Σ_{s < 3, k > 1} ‖(w_{s,j} ε_{n_j})_j‖₂ + Σ_n |Σ_{s ≥ 3} w_{s,j(n)} ε_n|
+    B(λ) = Σ_{k=1 steps} |w ε| + Σ_{s<3, k>1} ‖(w_{s,j} ε_{s−j})_j‖₂ + Σ_n |Σ_{s≥3} w_{s,s−n} ε_n|
 
 (:func:`dmn_bound`; the first three steps in quadrature, the later ones summed per node; for more than
 7 steps every step is summed per node, the code's ``truncNum`` rule) over the interior λ with the ends
 fixed, starting from uniform λ (the authors' choice for pixel-space models).
 
-Deviations: the authors solve it with SciPy's ``trust-constr`` under linear ordering constraints; here the
-interior gaps are a softmax of free logits (ordered for every value) minimised by L-BFGS (torch, restarted at the
-bound's kinks; within ~0.1 % of a local optimum), keeping the better of the result and the uniform start. A grid into σ = 0 optimises its positive points and
-appends σ = 0 (its last, first-order step into 0 is outside the bound).
+Deviations: the authors solve it with SciPy's ``trust-constr`` under linear ordering constraints;
+here the interior gaps are a softmax of free logits (ordered for every value) minimised by L-BFGS
+(torch, restarted at the bound's kinks; within ~0.1 % of a local optimum), keeping the better of the
+result and the uniform start. A grid into σ = 0 optimises its positive points and appends σ = 0 (its
+last, first-order step into 0 is outside the bound).
 """
 from __future__ import annotations
 

@@ -72,7 +72,8 @@ def teacher_trajectory(denoiser, noise: Tensor, teacher: str, sigmas: Tensor) ->
     σ_0 … σ_{M−1}, stacked as (M+1, B, …) and (M, B, …); and its NFE."""
     spec = get_solver(teacher)
     if spec.stage_grid:
-        raise InvalidChoice(f"the GITS teacher must take one grid point per step; {teacher!r} places its stages on the grid")
+        raise InvalidChoice(f"the GITS teacher must take one grid point per step; {teacher!r} places its "
+                            "stages on the grid")
     plan = spec.plan_for_steps(len(sigmas) - 1, bool(sigmas[-1] == 0))
     levels = sigmas.tolist()
     path = ModelPath(denoiser, record=levels[:-1])

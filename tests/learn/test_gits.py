@@ -69,8 +69,8 @@ def test_gits_grid_lowers_the_error_on_the_exact_gaussian_ode(gaussian, mixture_
     assert _rms(learned, exact(held_out)) < 0.6 * _rms(dode.sample(gm, held_out, "ddim", nfe), exact(held_out))
 
 
-@pytest.mark.parametrize("model,solver,nfe,points", [("edm", "ddim", 4, 5), ("vp", "ipndm", 5, 6), ("edm", "heun", 5, 4),
-                                                     ("vp", "dpm3", 6, 7)])
+@pytest.mark.parametrize("model,solver,nfe,points",
+                         [("edm", "ddim", 4, 5), ("vp", "ipndm", 5, 6), ("edm", "heun", 5, 4), ("vp", "dpm3", 6, 7)])
 def test_gits_grid_is_strictly_decreasing_with_the_plans_points_and_nfe(models, mixture_noise, model, solver, nfe,
                                                                         points):
     den = models[model]
