@@ -12,7 +12,7 @@ from dode.errors import UserError
 from dode.runner.methods import METHODS, Method, method_of
 from dode.runner.points import points_from_overrides
 from dode.runner.results import read_runs
-from runner_helpers import CONF, compose, custom_fit, dode_run
+from runner_helpers import CONF, compose, custom_fit, dode_run, run_main
 
 SMALL = {"iters": 4, "round_iters": 2, "rounds": 1, "grid_evals": 4, "teacher_nfe": 19}
 
@@ -28,7 +28,7 @@ def _fit(models, point, seed: int = 19) -> Correction:
         return point.method.fit(models["edm"], noise, point, False, {"fit_seed": 0})
 
 
-@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3"])
+@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3", "amed"])
 def test_distill_configs_and_registered_learned_methods(name, models):
     cfg = compose(f"distill={name}").distill
     assert cfg.name == name and cfg.kind == name and name in METHODS and "fit" not in cfg
@@ -71,3 +71,14 @@ def test_own_fit_runs_end_to_end(tiny_conf, tmp_path):
     saved = json.loads(lambdas.read_text())
     assert saved["theta"] == [[0.25]] * 4 and saved["provenance"]["fit_batch"] == 16
     assert read_runs(tmp_path)["distill"].tolist() == ["test-custom"]
+
+
+def test_amed_runs_end_to_end_on_the_embedded_model(tmp_path, capsys):
+    """distill=amed on the embedded digits model: fitted, its grid and AFS replayed at NFE 5."""
+    assert run_main(f"results_dir={tmp_path}", "progress=false", "distill=amed", "nfe=[5]", "seeds=[0]",
+                    "num_samples=200", "shard_size=200", "batch=20", "scale=2", "distill.iters=3") == 0
+    (lambdas,) = tmp_path.rglob("lambdas.json")
+    corr = Correction.load(lambdas)
+    assert corr.form == "amed" and corr.afs is not None and len(corr.theta) == 5 and corr.provenance["grid_learned"]
+    assert set(read_runs(tmp_path)["distill"]) == {"none", "amed"}
+    assert "AMED-Plugin (DDIM) (amed)" in capsys.readouterr().out  # conf/distill/amed.yaml's label
