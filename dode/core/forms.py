@@ -12,7 +12,8 @@ ones) and ``q_{k−1}, q_{k−2}, …`` the previous estimates,
 Eq. 8); ``all`` [q_k, q_{k−1}, …, q_0] (Eq. 8); ``lookahead`` as ``dode`` but always on x0 (LA-DDIM);
 ``iia``/``biia`` (IIA, Zhang, Niwa & Kleijn, ICLR 2024; :mod:`dode.learn.iia`) [Δx̂0, Δε] / [Δε] of
 the last two outputs; ``s4s``/``s4s2``/``s4s4`` (S4S, Frankel et al. 2025; :mod:`dode.learn.s4s`)
-the last w = 3/2/4 data predictions.
+the last w = 3/2/4 data predictions; ``amed`` (AMED-Plugin, Zhou et al. 2024; :mod:`dode.learn.amed`)
+[d_k − x_k], the step's own direction, so θ = c − 1 scales it: ε̃ = c·ε.
 First-step rule: in ε space the output before the first evaluation is ``x_T`` in VP scale,
 ``x_T / sqrt(1 + σ_T²)``; in x0 space there is none, so λ_0 = 0.
 
@@ -106,6 +107,8 @@ FORMS: dict[str, Form] = {f.name: f for f in (
     Form("s4s2", lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1))], 1, "x0", True),
     Form("s4s4", lambda c, h, sp: [_value(c, e, "x0") for e in (c, _prev(h, 1), _prev(h, 2), _prev(h, 3))], 3,
          "x0", True),
+    # AMED-Plugin: d̃ = d + θ(d − x), i.e. the direction (x − d)/σ of the step scaled by c = 1 + θ
+    Form("amed", lambda c, h, sp: [c.d - c.x], 1, "x0"),
 )}
 
 
@@ -155,13 +158,16 @@ class Correction:
     """Per-evaluation parameters θ_k of a linear correction (see module docstring), with provenance.
 
     ``theta[k]`` holds the parameters of model evaluation k (floats, or tensors when optimised by
-    autograd); missing or zero entries leave the estimate untouched, bit for bit.
+    autograd); missing or zero entries leave the estimate untouched, bit for bit. ``afs``: the σ of
+    an analytical first step in place of the first evaluation (AMED, :func:`dode.core.sampling.start_state`);
+    None: none.
     """
 
     form: str = "dode"
     theta: list = field(default_factory=list)
     space: str | None = None  # "eps" | "x0"; None: the denoiser's native prediction
     provenance: dict = field(default_factory=dict)
+    afs: float | None = None
 
     def __post_init__(self):
         self.space = get_form(self.form).space or self.space
@@ -211,7 +217,15 @@ class Correction:
 
     def to_dict(self) -> dict:
         theta = [[float(v) for v in t] for t in self.theta]
-        return {"form": self.form, "space": self.space, "theta": theta, "provenance": self.provenance}
+        out = {"form": self.form, "space": self.space, "theta": theta, "provenance": self.provenance}
+        return out if self.afs is None else {**out, "afs": float(self.afs)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Correction":
+        """The correction of :meth:`to_dict`."""
+        afs = d.get("afs")
+        return cls(d["form"], [list(t) for t in d["theta"]], d.get("space"), d.get("provenance") or {},
+                   None if afs is None else float(afs))
 
     def save(self, path: str | Path) -> Path:
         """Write JSON atomically: a temporary ``.<name>.<host>.<pid>.tmp`` (the pattern the runner
@@ -225,5 +239,4 @@ class Correction:
 
     @classmethod
     def load(cls, path: str | Path) -> "Correction":
-        d = json.loads(Path(path).read_text())
-        return cls(d["form"], [list(t) for t in d["theta"]], d.get("space"), d.get("provenance", {}))
+        return cls.from_dict(json.loads(Path(path).read_text()))

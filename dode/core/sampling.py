@@ -51,6 +51,18 @@ def prior_scale(denoiser, sigma: float | Tensor) -> float | Tensor:
     return torch.sqrt(1 + sigma**2) if isinstance(sigma, Tensor) else math.sqrt(1 + sigma**2)
 
 
+def start_state(path: ModelPath, noise: Tensor, first: float | Tensor) -> Tensor:
+    """The solver's state at its grid's first σ: ``noise``·:func:`prior_scale`; or, for a correction
+    with an analytical first step from σ_a = ``correction.afs`` (AFS, Zhou et al. 2024, AMED), x_T =
+    noise·prior_scale(σ_a) moved by one Euler step to σ = ``first`` with the prior's ε = x_T/√(1 + σ_a²)
+    in place of a model evaluation: x = x_T + (first − σ_a)·x_T/√(1 + σ_a²) (no NFE)."""
+    afs = getattr(path.correction, "afs", None)
+    if afs is None:
+        return noise * prior_scale(path.denoiser, first)
+    x_t = noise * prior_scale(path.denoiser, afs)
+    return x_t + (first - afs) * (x_t / math.sqrt(1 + afs**2))
+
+
 def as_correction(lambdas: Correction | Sequence[float] | Tensor | None) -> Correction | None:
     if lambdas is None or isinstance(lambdas, Correction):
         return lambdas
@@ -77,12 +89,12 @@ def _wants_grad(noise: Tensor, sigmas: Tensor, correction: Correction | None) ->
 
 
 def run_solver(path: ModelPath, spec: Solver, noise: Tensor, sigmas: Tensor, plan: list) -> Tensor:
-    """x_T = noise scaled by :func:`prior_scale`, then the solver; checks the NFE spent equals the
-    plan's. Runs without autograd unless the noise, the grid or the correction's parameters require
+    """The first state (:func:`start_state`: noise scaled by :func:`prior_scale`, or an AFS), then the
+    solver; checks the NFE spent equals the plan's. Runs without autograd unless the noise, the grid or the correction's parameters require
     gradients."""
     first = sigmas[0] if sigmas.requires_grad else sigmas[0].item()
     with torch.set_grad_enabled(_wants_grad(noise, sigmas, path.correction)):
-        x = spec.fn(path, noise * prior_scale(path.denoiser, first), sigmas, plan)
+        x = spec.fn(path, start_state(path, noise, first), sigmas, plan)
     if path.nfe != sum(plan):
         raise RuntimeError(f"{spec.name} spent {path.nfe} NFE, its plan says {sum(plan)}")
     return x

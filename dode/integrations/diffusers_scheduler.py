@@ -73,9 +73,7 @@ class DodeScheduler(SchedulerMixin, ConfigMixin):
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {', '.join(PREDICTION_TYPES)}")
         self.schedule = DiscreteVPSchedule(torch.tensor(alphas_cumprod, dtype=torch.float64))
-        self.correction = None if correction is None else Correction(
-            correction["form"], [list(t) for t in correction["theta"]], correction.get("space"),
-            correction.get("provenance") or {})
+        self.correction = None if correction is None else Correction.from_dict(correction)
         den = self._denoiser(_Replay([], dry=True))
         self.spec, self.sigmas, self.plan = solver_grid(den, solver, nfe, torch.tensor(sigmas, dtype=torch.float64))
         self.init_noise_sigma = 1.0

@@ -10,9 +10,11 @@ VE state x at noise level σ, ε = (x − d)/σ. Every fit records ``fit_seconds
 ``record`` traces and replays the solver, ``dode`` fits D-ODE's λ (and its appendix forms) in closed
 form against a finer teacher (``authors``: against the D-ODE authors' code's teacher targets), ``iia`` fits IIA against fine sub-steps, ``s4s`` / ``s4s_alt`` optimise
 S4S's coefficients (and grid) against a teacher's samples with ``distances`` (plain, or ``relaxed``:
-LD3's objective), ``ld3`` learns only the grid, ``gits`` chooses it by dynamic programming; ``grids`` holds the learned-grid parametrisation and
+LD3's objective), ``ld3`` learns only the grid, ``gits`` chooses it by dynamic programming, ``amed``
+(AMED-Plugin) an inserted time and a direction scale per step; ``grids`` holds the learned-grid parametrisation and
 samples a fit on its grid.
 """
+from dode.learn.amed import fit_amed
 from dode.learn.authors import fit_authors
 from dode.learn.dode import fit_correction, fit_lambdas, teacher_states
 from dode.learn.gits import fit_gits
@@ -23,5 +25,5 @@ from dode.learn.record import student_points
 from dode.learn.s4s import fit_s4s
 from dode.learn.s4s_alt import fit_s4s_alt
 
-__all__ = ["fit_authors", "fit_correction", "fit_lambdas", "student_points", "teacher_states", "fit_iia", "fit_gits", "fit_ld3", "fit_s4s", "fit_s4s_alt",
+__all__ = ["fit_amed", "fit_authors", "fit_correction", "fit_lambdas", "student_points", "teacher_states", "fit_iia", "fit_gits", "fit_ld3", "fit_s4s", "fit_s4s_alt",
            "grid_of", "sample_learned"]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.errors import UserError
-from dode.learn import fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_s4s, fit_s4s_alt
+from dode.learn import fit_amed, fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_s4s, fit_s4s_alt
 
 if TYPE_CHECKING:
     from dode.runner.points import Point
@@ -110,6 +110,7 @@ S4S_OPTIONS = ("window", "teacher", "teacher_nfe", "distance", "iters", "lr", "c
                "classifier", "radius", "relax_step")
 S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_search", "grid_iters", "grid_lr", "grid_evals", "grid_step",
                    "round_iters", "free_end")
+AMED_OPTIONS = ("teacher", "iters", "lr", "scale_dir")
 LD3_OPTIONS = ("teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "lpips_weights", "classifier", "radius",
                "relax_step", "grid_space", "free_end")
 GITS_OPTIONS = ("fine", "teacher", "coeff", "metric")
@@ -185,3 +186,12 @@ def fit_gits_method(denoiser, noise: Tensor, point: Point, progress: bool, prove
     config; the grid is in the provenance."""
     return fit_gits(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
                     **options(point.distill, GITS_OPTIONS), **provenance)
+
+
+@register("amed", check=numbers("iters", integer=True, optional=True))
+def fit_amed_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """AMED-Plugin: :func:`dode.learn.fit_amed` against ``teacher`` on the base grid refined K× (the run's
+    ``scale``) with the set :data:`AMED_OPTIONS` of the distill config; the grid with the inserted times
+    and the AFS are in lambdas.json."""
+    return fit_amed(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, scale=point.scale,
+                    progress=progress, **options(point.distill, AMED_OPTIONS), **provenance)

@@ -13,7 +13,8 @@ from dode.errors import InvalidChoice
 # the registry as it was in three parallel tables: history kept, space, predictor-history flag
 EXPECTED = {"dode": (1, None, False), "lookahead": (1, "x0", False), "dode2": (2, None, False),
             "sep": (1, None, False), "all": (math.inf, None, False), "iia": (1, "x0", True),
-            "biia": (1, "x0", True), "s4s": (2, "x0", True), "s4s2": (1, "x0", True), "s4s4": (3, "x0", True)}
+            "biia": (1, "x0", True), "s4s": (2, "x0", True), "s4s2": (1, "x0", True), "s4s4": (3, "x0", True),
+            "amed": (1, "x0", False)}
 
 
 def test_unknown_form_lists_the_valid_ones():

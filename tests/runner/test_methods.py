@@ -28,7 +28,7 @@ def _fit(models, point, seed: int = 19) -> Correction:
         return point.method.fit(models["edm"], noise, point, False, {"fit_seed": 0})
 
 
-@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3", "gits"])
+@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3", "gits", "amed"])
 def test_distill_configs_and_registered_learned_methods(name, models):
     cfg = compose(f"distill={name}").distill
     assert cfg.name == name and cfg.kind == name and name in METHODS and "fit" not in cfg
@@ -85,3 +85,14 @@ def test_gits_runs_end_to_end_on_the_embedded_digits_model(tmp_path):
     grid = prov["grid"]
     assert prov["method"] == "gits" and prov["grid_learned"] and prov["fine"] == 24 and prov["batch"] == 16
     assert len(grid) == 5 and grid[-1] == 0 and all(a > b for a, b in zip(grid, grid[1:]))
+
+
+def test_amed_runs_end_to_end_on_the_embedded_model(tmp_path, capsys):
+    """distill=amed on the embedded digits model: fitted, its grid and AFS replayed at NFE 5."""
+    assert run_main(f"results_dir={tmp_path}", "progress=false", "distill=amed", "nfe=[5]", "seeds=[0]",
+                    "num_samples=200", "shard_size=200", "batch=20", "scale=2", "distill.iters=3") == 0
+    (lambdas,) = tmp_path.rglob("lambdas.json")
+    corr = Correction.load(lambdas)
+    assert corr.form == "amed" and corr.afs is not None and len(corr.theta) == 5 and corr.provenance["grid_learned"]
+    assert set(read_runs(tmp_path)["distill"]) == {"none", "amed"}
+    assert "AMED-Plugin (DDIM) (amed)" in capsys.readouterr().out  # conf/distill/amed.yaml's label
