@@ -110,6 +110,8 @@ class ModelPath:
             if g is None or _is_zero(th):
                 continue
             delta = th * g if delta is None else delta + th * g
+        if form.corrected_history and delta is not None:
+            cur = Estimate(x, sig, d_hat + delta)
         if not (corrector and form.predictor_history):
             keep = form.keep
             self.history = (self.history + [cur])[-keep:] if keep != math.inf else self.history + [cur]
