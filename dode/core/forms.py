@@ -96,7 +96,7 @@ def pas_basis(directions: Tensor, x_rel: Tensor, prior: Tensor, m: int) -> list[
 def _pas(m: int) -> Callable[[Estimate, list, str], list]:
     """PAS features: the directions dx/dσ = ε of the history (x_T's VP-scale pseudo-output first, then
     the corrected estimates, :attr:`Form.corrected_history`) and of ``c``; their basis
-    (:func:`pas_basis`) as changes of the x0 estimate, −σ·u (d̃ = d − σ Σ θ_m u_m, i.e. ε̃ = ε + Σ θ_m u_m)."""
+    (:func:`pas_basis`) as changes of the x0 estimate, −σ·u (d̃ = d − σ Σ θ_m u_m; ε̃ = ε + Σ θ_m u_m)."""
     def features(c: Estimate, h: list, sp: str) -> list:
         flat = [e.q("eps").reshape(len(c.x), -1) for e in (*h, c)]
         x_rel = (c.x - h[0].x).reshape(len(c.x), -1)

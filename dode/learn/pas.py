@@ -71,10 +71,11 @@ def l1_fit(A: Tensor, r: Tensor, iters: int = 100) -> Tensor:
 
 @dataclass(frozen=True)
 class PasStep:
-    """One evaluation of the search: its loss against the teacher without (``base``) and with the
-    fitted coordinates (``fitted``), and whether they were kept."""
+    """One evaluation of the search: its ``size`` coordinates (the basis vectors it has), its loss
+    against the teacher without (``base``) and with them (``fitted``), and whether they were kept."""
 
     evaluation: int
+    size: int
     base: float
     fitted: float
     kept: bool
@@ -106,7 +107,7 @@ class AdaptiveSearch:
         base, fitted = self.error(r), self.error(r - A @ theta)
         tol = self.tol if any(s.kept for s in self.steps) else self.first_tol
         kept = base - fitted > tol
-        self.steps.append(PasStep(k, base, fitted, kept))
+        self.steps.append(PasStep(k, len(cols), base, fitted, kept))
         return theta.tolist() if kept else [0.0] * len(cols)
 
 
@@ -117,8 +118,9 @@ def fit_pas(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, form: 
     """PAS for ``solver`` at ``nfe`` on one batch of standard-normal ``noise`` (see the module docstring):
     ``form`` (M = 4/3/2 basis vectors), ``loss`` (l1 | l2), tolerances ``first_tol``/``tol``, the
     ``teacher`` solver on the student's grid refined ``scale`` times (or the given ``targets``: the
-    wanted state after each evaluation). The search's record is ``provenance["steps"]`` and the kept
-    evaluations ``provenance["kept"]``; extra keyword arguments go into the provenance."""
+    wanted state after each evaluation). The search's record is ``provenance["steps"]``, the kept
+    evaluations ``provenance["kept"]`` and their number of coordinates ``provenance["parameters"]``;
+    extra keyword arguments go into the provenance."""
     if form not in PAS_FORMS:
         raise InvalidChoice(f"PAS fits the forms {', '.join(PAS_FORMS)}, not {form!r}")
     search = AdaptiveSearch(loss, float(tol), float(first_tol))
@@ -126,5 +128,5 @@ def fit_pas(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, form: 
                           step_fit=search, progress=progress, method="pas", loss=loss, tol=float(tol),
                           first_tol=float(first_tol), **provenance)
     corr.provenance.update(steps=[asdict(s) for s in search.steps], kept=[s.evaluation for s in search.steps if s.kept],
-                           parameters=sum(len(corr.theta[s.evaluation]) for s in search.steps if s.kept))
+                           parameters=sum(s.size for s in search.steps if s.kept))
     return corr
