@@ -13,7 +13,9 @@ Eq. 8); ``all`` [q_k, q_{k−1}, …, q_0] (Eq. 8); ``lookahead`` as ``dode`` bu
 ``iia``/``biia`` (IIA, Zhang, Niwa & Kleijn, ICLR 2024; :mod:`dode.learn.iia`) [Δx̂0, Δε] / [Δε] of
 the last two outputs; ``s4s``/``s4s2``/``s4s4`` (S4S, Frankel et al. 2025; :mod:`dode.learn.s4s`)
 the last w = 3/2/4 data predictions; ``amed`` (AMED-Plugin, Zhou et al. 2024; :mod:`dode.learn.amed`)
-[d_k − x_k], the step's own direction, so θ = c − 1 scales it: ε̃ = c·ε.
+[d_k − x_k], the step's own direction, so θ = c − 1 scales it: ε̃ = c·ε; ``pas``/``pas3``/``pas2`` (PAS,
+Wang et al., ICML 2025; :mod:`dode.learn.pas`) the M = 4/3/2 PCA basis vectors of the sample's own
+direction history (:func:`pas_basis`), as ε changes.
 First-step rule: in ε space the output before the first evaluation is ``x_T`` in VP scale,
 ``x_T / sqrt(1 + σ_T²)``; in x0 space there is none, so λ_0 = 0.
 
@@ -67,6 +69,43 @@ def _prev(h: list, j: int) -> Estimate | None:
     return h[-j] if len(h) >= j else None
 
 
+def _unit(v: Tensor) -> Tensor:
+    """v / ‖v‖ per sample (rows of a (B, D) matrix); a zero row stays zero."""
+    return v / torch.linalg.vector_norm(v, dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def pas_basis(directions: Tensor, x_rel: Tensor, prior: Tensor, m: int) -> list[Tensor | None]:
+    """PAS's basis (Wang et al., ICML 2025, Sec. 3.2): per sample, u_1 = v/‖v‖ with v the current
+    direction (the last row of ``directions``, shape (B, n, D): the direction history, oldest first),
+    then the top principal components of the n centred directions (exact SVD; n directions give at
+    most n − 1), Gram–Schmidt orthonormalised against u_1 and each other, each signed so that
+    ⟨x − x_T, u⟩ > 0 (``x_rel`` = x − x_T; where that is 0, at the first evaluation, ⟨``prior``, u⟩ ≥ 0).
+    Returns m entries (B, D), None for the components the history is too short to have."""
+    basis = [_unit(directions[:, -1])]
+    centred = directions - directions.mean(1, keepdim=True)
+    pcs = torch.linalg.svd(centred, full_matrices=False).Vh[:, :min(m - 1, directions.shape[1] - 1)]
+    ref = torch.where((x_rel != 0).any(1, keepdim=True), x_rel, prior)
+    for j in range(pcs.shape[1]):
+        u = pcs[:, j]
+        for b in basis:
+            u = u - (u * b).sum(1, keepdim=True) * b
+        u = _unit(u)
+        basis.append(torch.where((ref * u).sum(1, keepdim=True) >= 0, u, -u))
+    return basis + [None] * (m - len(basis))
+
+
+def _pas(m: int) -> Callable[[Estimate, list, str], list]:
+    """PAS features: the directions dx/dσ = ε of the history (x_T's VP-scale pseudo-output first, then
+    the corrected estimates, :attr:`Form.corrected_history`) and of ``c``; their basis
+    (:func:`pas_basis`) as changes of the x0 estimate, −σ·u (d̃ = d − σ Σ θ_m u_m; ε̃ = ε + Σ θ_m u_m)."""
+    def features(c: Estimate, h: list, sp: str) -> list:
+        flat = [e.q("eps").reshape(len(c.x), -1) for e in (*h, c)]
+        x_rel = (c.x - h[0].x).reshape(len(c.x), -1)
+        basis = pas_basis(torch.stack(flat, 1), x_rel, flat[0], m)
+        return [None if u is None else -c.sigma * u.reshape(c.x.shape) for u in basis]
+    return features
+
+
 # features(current, history, space) -> columns as x0 changes, None where the history is too short.
 # The corrected x0 estimate is d̃ = d + Σ_m θ_m · column_m.
 Features = Callable[[Estimate, list, str], list]
@@ -83,7 +122,8 @@ class Form:
     next step — IIA-EDM pairs the Euler stage with the past gradient, S4S's predictor weighs past
     predictor outputs. The D-ODE family pairs every stage with the stage before it, the next Euler
     stage with the previous corrector (methods.md, D-EDM: λ on the Euler stage with D_i − D_prev and
-    on the corrector with D' − D_i).
+    on the corrector with D' − D_i). ``corrected_history``: the history keeps the corrected estimates
+    (PAS's trajectory is the corrected one), not the solver's.
     """
 
     name: str
@@ -91,6 +131,7 @@ class Form:
     keep: float
     space: str | None = None
     predictor_history: bool = False
+    corrected_history: bool = False
 
 
 FORMS: dict[str, Form] = {f.name: f for f in (
@@ -109,6 +150,10 @@ FORMS: dict[str, Form] = {f.name: f for f in (
          "x0", True),
     # AMED-Plugin: d̃ = d + θ(d − x), i.e. the direction (x − d)/σ of the step scaled by c = 1 + θ
     Form("amed", lambda c, h, sp: [c.d - c.x], 1, "x0"),
+    # PAS: M PCA basis vectors of the sample's direction history (x_T first), on ε
+    Form("pas", _pas(4), math.inf, "eps", corrected_history=True),
+    Form("pas3", _pas(3), math.inf, "eps", corrected_history=True),
+    Form("pas2", _pas(2), math.inf, "eps", corrected_history=True),
 )}
 
 

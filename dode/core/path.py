@@ -4,7 +4,7 @@ A solver asks :class:`ModelPath` for the denoiser's output (:meth:`ModelPath.den
 NFE and records the σ of each evaluation), combines it into the estimate it feeds forward, and passes
 that estimate through :meth:`ModelPath.correct` exactly once per evaluation. ``correct`` is the single
 hook through which every learned correction enters — D-ODE's λ, its appendix formulations, the one-λ
-baselines, IIA and S4S — so a learned solver is a base solver plus a few numbers, never a copy. The
+baselines, IIA, S4S and PAS — so a learned solver is a base solver plus a few numbers, never a copy. The
 forms and their math are in :mod:`dode.core.forms`.
 
 The raw network call is :meth:`ModelPath.evaluate` (override it to serve cached outputs, as the
@@ -110,6 +110,8 @@ class ModelPath:
             if g is None or _is_zero(th):
                 continue
             delta = th * g if delta is None else delta + th * g
+        if form.corrected_history and delta is not None:
+            cur = Estimate(x, sig, d_hat + delta)
         if not (corrector and form.predictor_history):
             keep = form.keep
             self.history = (self.history + [cur])[-keep:] if keep != math.inf else self.history + [cur]

@@ -39,6 +39,8 @@ __all__ = ["fit_correction", "fit_lambdas", "teacher_states"]
 
 
 StepTarget = Callable[[int, Tensor, float, float], Tensor]
+# step_fit(k, columns b_m, residual x_teacher − a) -> θ_k over the columns (PAS's adaptive search)
+StepFit = Callable[[int, list, Tensor], list]
 
 
 def teacher_states(denoiser, noise: Tensor, teacher: str, points: list[float], scale: int,
@@ -74,15 +76,17 @@ def _least_squares(cols: list[Tensor], residual: Tensor) -> list[float]:
 
 def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10, scale: int = 10,
                    form: str = "dode", grid: GridSpec = None, teacher: str | None = None,
-                   targets: Sequence[Tensor] | StepTarget | None = None, progress: bool = False,
-                   **provenance) -> Correction:
+                   targets: Sequence[Tensor] | StepTarget | None = None, step_fit: StepFit | None = None,
+                   progress: bool = False, **provenance) -> Correction:
     """Fit a correction of ``form`` for ``solver`` at ``nfe`` on one batch of standard-normal ``noise``.
 
     ``teacher`` overrides the solver's default teacher. ``targets`` replaces the teacher: either the
     wanted state after each evaluation (e.g. planted targets), or a function
     ``targets(k, x_start, sigma_start, sigma_next)`` of the student's own state at the start of the
     step that evaluation k belongs to (the last model input at a σ above ``sigma_next``) — IIA's
-    fine-step targets. Extra keyword arguments (seed range, …) go into the provenance.
+    fine-step targets. ``step_fit(k, columns, residual)`` replaces the least-squares θ_k (PAS fits
+    θ_k under L1 and keeps it only where it helps). Extra keyword arguments (seed range, …) go into
+    the provenance.
     """
     get_form(form)
     start = time.perf_counter()
@@ -122,7 +126,8 @@ def fit_correction(denoiser, noise: Tensor, solver: str = "dpm3", nfe: int = 10,
                 target = targets(k, path.calls[j].x, path.sigmas[j], sigma_next)
             else:
                 target = targets[k]
-            for m, v in zip(used, _least_squares(cols, target - a)):
+            fitted = step_fit(k, cols, target - a) if step_fit else _least_squares(cols, target - a)
+            for m, v in zip(used, fitted):
                 theta[m] = v
         correction.theta[k] = theta
     correction.space = correction.space or native_prediction(denoiser)

@@ -28,7 +28,8 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.errors import UserError
-from dode.learn import fit_amed, fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_s4s, fit_s4s_alt
+from dode.learn import (fit_amed, fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_pas, fit_s4s,
+                        fit_s4s_alt)
 
 if TYPE_CHECKING:
     from dode.runner.points import Point
@@ -111,6 +112,7 @@ S4S_OPTIONS = ("window", "teacher", "teacher_nfe", "distance", "iters", "lr", "c
 S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_search", "grid_iters", "grid_lr", "grid_evals", "grid_step",
                    "round_iters", "free_end")
 AMED_OPTIONS = ("teacher", "iters", "lr", "scale_dir")
+PAS_OPTIONS = ("form", "loss", "tol", "first_tol", "teacher")
 LD3_OPTIONS = ("teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "lpips_weights", "classifier", "radius",
                "relax_step", "grid_space", "free_end")
 GITS_OPTIONS = ("fine", "teacher", "coeff", "metric")
@@ -195,3 +197,11 @@ def fit_amed_method(denoiser, noise: Tensor, point: Point, progress: bool, prove
     and the AFS are in lambdas.json."""
     return fit_amed(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, scale=point.scale,
                     progress=progress, **options(point.distill, AMED_OPTIONS), **provenance)
+
+
+@register("pas", check=numbers("tol", "first_tol"))
+def fit_pas_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+    """PAS: :func:`dode.learn.fit_pas` with the set :data:`PAS_OPTIONS` of the distill config against
+    its ``teacher`` on the student's grid refined K (the run's ``scale``) times."""
+    return fit_pas(denoiser, noise, point.solver["name"], point.nfe, scale=point.scale, grid=point.grid,
+                   progress=progress, **options(point.distill, PAS_OPTIONS), **provenance)

@@ -14,7 +14,8 @@ from dode.errors import InvalidChoice
 EXPECTED = {"dode": (1, None, False), "lookahead": (1, "x0", False), "dode2": (2, None, False),
             "sep": (1, None, False), "all": (math.inf, None, False), "iia": (1, "x0", True),
             "biia": (1, "x0", True), "s4s": (2, "x0", True), "s4s2": (1, "x0", True), "s4s4": (3, "x0", True),
-            "amed": (1, "x0", False)}
+            "amed": (1, "x0", False),
+            "pas": (math.inf, "eps", False), "pas3": (math.inf, "eps", False), "pas2": (math.inf, "eps", False)}
 
 
 def test_unknown_form_lists_the_valid_ones():
@@ -27,6 +28,7 @@ def test_every_form_is_one_registry_entry():
     for name, (keep, space, predictor) in EXPECTED.items():
         form = get_form(name)
         assert form.name == name and (form.keep, form.space, form.predictor_history) == (keep, space, predictor)
+        assert form.corrected_history == name.startswith("pas")  # PAS's history is its corrected trajectory
         assert Correction(name).space == space and Correction(name, space="eps").space == (space or "eps")
 
 

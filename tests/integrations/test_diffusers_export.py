@@ -92,3 +92,18 @@ def test_export_refuses_what_does_not_fit(denoiser, tmp_path):
     from dode.core.oracle import GaussianMixture
     with pytest.raises(ValueError, match="discrete-time VP models"):
         dode.export(tmp_path, GaussianMixture(torch.zeros(1, 2), [1.0]), "ddim", 5)
+
+
+def test_a_fitted_pas_runs_in_the_pipeline(unet, denoiser, tmp_path):
+    """PAS (its basis from the direction history, the corrected past directions) replayed one
+    evaluation per scheduler step: the pipeline's states are dode.sample's, bit for bit."""
+    from dode.learn import fit_pas
+
+    corr = fit_pas(denoiser, torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1)), "ipndm", 5, scale=4)
+    assert corr.provenance["kept"]
+    dode.export(tmp_path, denoiser, "ipndm", 5, corr)
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        x = _loop(unet, tmp_path, noise)
+        assert torch.equal(x, dode.sample(denoiser, noise, "ipndm", 5, corr))
+        assert not torch.allclose(x, dode.sample(denoiser, noise, "ipndm", 5))

@@ -28,7 +28,7 @@ def _fit(models, point, seed: int = 19) -> Correction:
         return point.method.fit(models["edm"], noise, point, False, {"fit_seed": 0})
 
 
-@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3", "gits", "amed"])
+@pytest.mark.parametrize("name", ["iia", "s4s", "s4s_alt", "ld3", "gits", "amed", "pas"])
 def test_distill_configs_and_registered_learned_methods(name, models):
     cfg = compose(f"distill={name}").distill
     assert cfg.name == name and cfg.kind == name and name in METHODS and "fit" not in cfg
