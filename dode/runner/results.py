@@ -261,7 +261,7 @@ def _pm(values: Any, sign: str = "") -> str:
 
 
 def summary(points: list[Point], table: Any = None) -> str:
-    """A readable table of the points' rows in runs.csv (lower is better): solver, NFE, base vs
+    """A readable table of the points' rows in runs.csv (lower is better; CLIP score: higher): solver, NFE, base vs
     correction (mean ± std over the seeds), their paired difference (correction − base per seed, both
     on the same noises; mean ± std over the seeds), λ fit time. ``table``: as for :func:`job_rows`."""
     if not points:
@@ -277,7 +277,7 @@ def summary(points: list[Point], table: Any = None) -> str:
     spread = ", mean ± std over seeds" if len(seeds) > 1 else ""
     lines = [f"{first.choices.dataset} · {first.choices.checkpoint} · {first.choices.eval} "
              f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {first.num_samples} samples{spread}; "
-             "lower is better)"]
+             f"{'higher' if first.metric_name() == 'clip_score' else 'lower'} is better)"]
     header = ["solver", "NFE"] + [f"{labels[d]} ({d})" if labels[d] != d else d for d in order]
     learned = [d for d in order if d != "none"]
     paired = "none" in order and len(learned) == 1
