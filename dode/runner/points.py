@@ -315,8 +315,9 @@ def check_files(point: Point) -> None:
         from dode.models.checkpoints import resolve_file
 
         parts = [(ck, "checkpoint")]
-        if isinstance(ck.get("classifier"), dict):
-            parts.append((ck["classifier"], "checkpoint.classifier"))
+        for key in ("classifier", "ldm_config"):  # a second file of the model
+            if isinstance(ck.get(key), dict):
+                parts.append(({"name": ck.get("name"), **ck[key]}, f"checkpoint.{key}"))
         for cfg, key in parts:
             if cfg.get("file") or cfg.get("path"):
                 try:
