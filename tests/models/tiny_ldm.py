@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 UNET = dict(image_size=8, in_channels=3, out_channels=3, model_channels=32, attention_resolutions=[2],
-            num_res_blocks=1, channel_mult=[1, 2], num_head_channels=16)
+            num_res_blocks=2, channel_mult=[1, 2, 2], num_head_channels=16)
 DD = dict(double_z=False, z_channels=3, resolution=16, in_channels=3, out_ch=3, ch=32, ch_mult=[1, 2],
           num_res_blocks=1, attn_resolutions=[], dropout=0.0)
 SCHEDULE = dict(linear_start=0.0015, linear_end=0.0195, timesteps=1000)
