@@ -94,12 +94,14 @@ class _Inert:
         pass
 
 
-def read_state_dict(path: Path, label: str) -> dict[str, Tensor]:
-    """The ``state_dict`` of a Lightning ``.ckpt`` (or a bare state dict), loaded with
-    ``weights_only=True``; Lightning objects become :class:`_Inert`, anything else is refused."""
+def _load_weights_only(path: Path, label: str):
+    """``torch.load(weights_only=True)`` of ``path``; pickled Lightning objects as :class:`_Inert`."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):  # torch < 2.6
+            raise CheckpointError(f"{label}: {path} pickles objects beside its tensors ({error_summary(e)}); "
+                                  "reading them as inert placeholders needs torch >= 2.6") from None
         found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         other = [g for g in found if not g.startswith(LIGHTNING)]
         if other:
@@ -107,7 +109,16 @@ def read_state_dict(path: Path, label: str) -> dict[str, Tensor]:
                                   f"({', '.join(other[:5])}); dode loads checkpoints without running pickled "
                                   "code and refuses it. Re-save its state_dict alone with torch.save") from None
         with torch.serialization.safe_globals([(_Inert, g) for g in found]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_state_dict(path: Path, label: str) -> dict[str, Tensor]:
+    """The ``state_dict`` of a Lightning ``.ckpt`` (or a bare state dict), loaded with
+    ``weights_only=True``; Lightning objects become :class:`_Inert`, anything else is refused."""
+    try:
+        obj = _load_weights_only(path, label)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - a file torch cannot read at all
         raise CheckpointError(f"{label}: cannot read {path} ({error_summary(e)}); is the download complete?") from e
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
