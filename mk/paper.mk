@@ -38,7 +38,7 @@ endif
 endif
 $(foreach v,$(PAPER_QUERY),$(eval $(v)))
 ifeq ($(PAPER_ARTIFACTS),)
-ifneq ($(filter paper paper-runs table-% fig-% runs-%,$(MAKECMDGOALS)),)
+ifneq ($(filter paper paper-runs table-% fig-% runs-%,$(filter-out $(OWN_TARGETS),$(MAKECMDGOALS))),)
 $(error `$(PYTHON) -m dode.report query make` failed (is dode installed for $(PYTHON)? run it to see why))
 endif
 endif

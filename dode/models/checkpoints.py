@@ -45,6 +45,7 @@ LOADERS: dict[str, Callable[..., nn.Module] | str] = {
     # other modules' loaders, imported on first use ("module:function")
     "digits": "dode.models.digits:load_digits_checkpoint",
     "diffusers_sd": "dode.models.latent:load_diffusers_sd",
+    "ldm_compvis": "dode.models.ldm:load_ldm_compvis",
 }
 
 

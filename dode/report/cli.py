@@ -176,6 +176,30 @@ def rebuild_runs(argv: Sequence[str]) -> int:
     return 0
 
 
+def check_files(argv: Sequence[str]) -> int:
+    """``check-files "OVERRIDES" …``: whether the files of each dode-run job exist here (checkpoint, its
+    second file, captions, reference statistics or CLIP weights), every missing one named with where to
+    get it; 2 when any is missing. A make target runs it before hours of sweeps."""
+    import shlex
+
+    from dode.errors import UserError
+    from dode.runner.points import points_from_overrides
+
+    ap = argparse.ArgumentParser(prog=f"{program()} check-files",
+                                 description="Check that the local files of dode-run jobs exist, before running them.")
+    ap.add_argument("jobs", nargs="+", metavar="OVERRIDES", help="one job's dode-run overrides, quoted as one word")
+    problems = []
+    for job in ap.parse_args(argv).jobs:
+        try:
+            points_from_overrides(shlex.split(job), with_files=True)
+        except UserError as e:
+            problems.append(f"[{job}]\n{e}")
+    if problems:
+        print(f"{program()}: error: missing files\n\n" + "\n\n".join(problems), file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Render the artifacts named on the command line (all without any); 2 on a usage or input error."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -183,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return query(argv[1:])
     if argv[:1] == ["rebuild-runs"]:
         return rebuild_runs(argv[1:])
+    if argv[:1] == ["check-files"]:
+        return check_files(argv[1:])
     try:
         a = parser().parse_args(argv)
         files = render(a.what or list(ARTIFACTS), options(a))

@@ -26,6 +26,7 @@ class Selection:
 
     metric: str | None = None
     num_samples: int | None = None
+    nfe_conventions: tuple = ()  # the rows' nfe_convention values (runs.csv; None: not recorded)
 
 
 ONE_LAMBDA = ("fixed", "lookahead")  # distill options with one λ for every step, chosen by a grid search
@@ -125,7 +126,14 @@ def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool 
     d = d[d["num_samples"] == n]
     d = d[d["fit_seed"].isna() | _fit_rows(d, opt, paired, scale, batch)]
     d = newest_runs(d, opt, checkpoint)
-    return d.copy(), Selection(metric, int(n) if n is not None else None)
+    return d.copy(), Selection(metric, int(n) if n is not None else None, conventions(d))
+
+
+def conventions(d: pd.DataFrame) -> tuple:
+    """The distinct ``nfe_convention`` values of rows (None for a row that has none)."""
+    if "nfe_convention" not in d.columns:
+        return (None,) if len(d) else ()
+    return tuple(sorted({c if isinstance(c, str) and c else None for c in d["nfe_convention"]}, key=str))
 
 
 

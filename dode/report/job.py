@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dode.report import figures
-from dode.report.data import Selection
+from dode.report.data import Selection, conventions
 from dode.report.labels import method_label, metric_label
 from dode.report.tables import caption_common, long_form
 from dode.runner.points import Point
@@ -46,7 +46,7 @@ def job_figure(points: list[Point]) -> Path | None:
     solver, learned = first.solver["name"], learned_of(points)
     metric = str(d["metric"].iloc[0])
     long = long_form(d, ["solver", "distill", "nfe"])
-    caption = caption_common(Selection(metric, first.num_samples), d["seed"].unique())
+    caption = caption_common(Selection(metric, first.num_samples, conventions(d)), d["seed"].unique())
     title = f"{metric_label(metric)} vs NFE — {c.dataset} · {c.checkpoint}"
     files = figures.fid_vs_nfe(long, [solver], title, caption, metric_label(metric), figure_stem(points),
                                learned=learned, variant=method_label(solver, learned))

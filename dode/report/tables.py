@@ -17,6 +17,7 @@ import pandas as pd
 from dode.report.data import Selection, stats
 from dode.report.labels import metric_label
 from dode.report.options import Options
+from dode.runner.results import convention_note
 
 NOT_GIVEN = "not given in the text"   # what the paper text we have lacks (some of its tables' numbers)
 
@@ -87,12 +88,12 @@ def fmt_pm(mean: float, std: float, n: int, digits: int = 2, minimum: float | No
 
 def caption_common(info: Selection, seeds: Iterable, with_min: bool = False) -> str:
     """The start of every caption: the metric, the samples per seed and the seeds (and, ``with_min``,
-    that cells also show the minimum over them)."""
+    that cells also show the minimum over them), then what the NFE count (the rows' conventions)."""
     seeds = sorted({int(s) for s in seeds})
     text = (f"{metric_label(info.metric)} (lower is better) of {info.num_samples} samples per evaluation "
             f"seed; mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})")
-    return text + (" and (min …) the minimum over them (EDM's convention)"
-                   if with_min else "")
+    text += " and (min …) the minimum over them (EDM's convention)" if with_min else ""
+    return f"{text}. {convention_note(info.nfe_conventions)}" if info.nfe_conventions else text
 
 
 class Cell(NamedTuple):

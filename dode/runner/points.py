@@ -288,11 +288,19 @@ def check_compatible(point: Point) -> None:
 
 
 def check_eval(point: Point) -> None:
-    """Fail before sampling when the metric's reference statistics are missing."""
+    """Fail before sampling when the metric's reference statistics (CLIP score: its weights) are missing."""
     if "_target_" in point.eval:
         return
     from dode.eval import metrics
 
+    if point.metric_name() == "clip_score":  # the weights folder, and prompts to score against
+        from dode.eval.clip import clip_folder
+
+        if not point.dataset.get("captions"):
+            raise UserError(f"eval={point.choices.eval} (CLIP score) scores each image against its prompt: "
+                            f"choose a dataset with captions (dataset=coco)")
+        clip_folder(point.eval.get("clip_weights"))
+        return
     name = metrics.check_metric(point.metric_name())
     if name != "fd_digits":  # FD-digits computes its reference from the embedded set
         metrics.reference_stats(name, **point.metric_kwargs("cpu"))
@@ -307,8 +315,9 @@ def check_files(point: Point) -> None:
         from dode.models.checkpoints import resolve_file
 
         parts = [(ck, "checkpoint")]
-        if isinstance(ck.get("classifier"), dict):
-            parts.append((ck["classifier"], "checkpoint.classifier"))
+        for key in ("classifier", "ldm_config"):  # a second file of the model
+            if isinstance(ck.get(key), dict):
+                parts.append(({"name": ck.get("name"), **ck[key]}, f"checkpoint.{key}"))
         for cfg, key in parts:
             if cfg.get("file") or cfg.get("path"):
                 try:

@@ -4,6 +4,11 @@ runs.csv is an index: the run folders' metric files are the source of truth. It 
 (:func:`parse_runs`): a line with the wrong number of fields, a number that is not one, or a row
 cut off at the end of the file is reported with the file, the line and the fix, and never used;
 :func:`rebuild_runs` (``dode-report rebuild-runs RESULTS_DIR``) writes it anew from the run folders.
+
+``nfe_convention`` says what the row's ``nfe`` counts (:data:`NFE_CONVENTIONS`): ``network`` (no
+guidance: one NFE = one network evaluation of the batch) or ``guided`` (classifier-free guidance: one
+NFE = one evaluation of D_w, i.e. one network call on the doubled batch ``[x; x]``). Files written
+before the column existed read with it filled from each row's run folder (``run.json``).
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import dataclasses
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from dode.errors import UserError
 from dode.runner.config import display_label
@@ -23,7 +28,14 @@ RUNS_CSV = "runs.csv"
 KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples",
-           "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode"]
+           "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode",
+           "nfe_convention"]
+# what the `nfe` of a row counts; a paper counting network passes reports 2 × a `guided` row's nfe
+NFE_CONVENTIONS = {
+    "network": "one NFE = one network evaluation of the batch (no guidance)",
+    "guided": "one NFE = one guided evaluation D_w = D(∅) + w·(D(c) − D(∅)), one network call on the doubled "
+              "batch [x; x] (two network passes per sample)",
+}
 
 
 class CorruptRunsCsv(UserError, ValueError):
@@ -33,6 +45,11 @@ class CorruptRunsCsv(UserError, ValueError):
 def fit_seconds_of(correction: Any) -> float | None:
     """The ``fit_seconds`` of a correction's provenance (None for the base solver)."""
     return (getattr(correction, "provenance", None) or {}).get("fit_seconds") if correction is not None else None
+
+
+def nfe_convention(checkpoint: Mapping) -> str:
+    """The NFE convention of runs of a checkpoint config: ``guided`` when it sets ``guidance.scale``."""
+    return "guided" if (checkpoint.get("guidance") or {}).get("scale") is not None else "network"
 
 
 def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: float | None) -> dict:
@@ -48,6 +65,7 @@ def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: fl
         "sample_seconds": result.get("sample_seconds"), "metric_seconds": result.get("metric_seconds"),
         "fit_seed": point.fit_seed if fits else None, "run_dir": str(folder),
         "mode": result.get("mode"),  # the FID mode (clean, legacy_tensorflow, legacy_pytorch); none for FD-digits
+        "nfe_convention": nfe_convention(point.checkpoint),
     }
 
 
@@ -79,6 +97,7 @@ def parse_runs(path: Path) -> None:
         raise CorruptRunsCsv(f"{path}, line 1: the header lacks the column(s) {', '.join(missing)} "
                              f"(got {','.join(header)[:80]!r}); {_rebuild_hint(path)}")
     numeric = {i: name in INT_COLUMNS for i, name in enumerate(header) if name in INT_COLUMNS or name == "value"}
+    conv = header.index("nfe_convention") if "nfe_convention" in header else None
     truncated_end = not text.endswith("\n")
     for n, fields in enumerate(lines[1:], start=2):
         last = n == len(lines)
@@ -91,6 +110,8 @@ def parse_runs(path: Path) -> None:
         else:
             wrong = [header[i] for i, integer in numeric.items() if not _number(fields[i], integer)]
             bad = f"not a number in column(s) {', '.join(wrong)}" if wrong else None
+            if not bad and conv is not None and fields[conv] not in ("", *NFE_CONVENTIONS):
+                bad = f"nfe_convention {fields[conv]!r} is none of {', '.join(NFE_CONVENTIONS)}"
         if bad:
             raise CorruptRunsCsv(f"{path}, line {n}: {bad}: {','.join(fields)[:80]!r}; {_rebuild_hint(path)}")
 
@@ -145,7 +166,39 @@ def read_runs(results_dir: str | Path) -> Any:
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     check_runs(results_dir)
-    return pd.read_csv(path)
+    return with_conventions(pd.read_csv(path), Path(results_dir))
+
+
+def _folder_convention(run_dir: str, results_dir: Path) -> str | None:
+    """The NFE convention of a run folder (as runs.csv names it, or its tail under ``results_dir``)
+    from its run.json; None when no run.json says."""
+    parts = Path(run_dir).parts
+    for folder in [Path(run_dir)] + [results_dir.joinpath(*parts[k:]) for k in range(len(parts))]:
+        info = read_json(folder / "run.json") if (folder / "run.json").is_file() else None
+        if isinstance(info, dict) and isinstance((info.get("point") or {}).get("checkpoint"), dict):
+            return nfe_convention(info["point"]["checkpoint"])
+    return None
+
+
+def with_conventions(table: Any, results_dir: Path) -> Any:
+    """``table`` with every empty ``nfe_convention`` (rows of files written before the column) filled
+    from its run folder; rows whose folder is gone stay empty (unknown)."""
+    if "nfe_convention" not in table.columns:
+        table["nfe_convention"] = None
+    table["nfe_convention"] = table["nfe_convention"].astype(object)
+    empty = table["nfe_convention"].isna()
+    known = {d: _folder_convention(d, results_dir) for d in table.loc[empty, "run_dir"].astype(str).unique()}
+    table.loc[empty, "nfe_convention"] = [known[d] for d in table.loc[empty, "run_dir"].astype(str)]
+    return table
+
+
+def convention_note(conventions: Any) -> str:
+    """The line a table carries about what its NFE count: each convention of its rows (``conventions``:
+    their ``nfe_convention`` values; empty ones are rows whose run folder is gone)."""
+    found = sorted({str(c) for c in conventions if isinstance(c, str) and c})
+    unknown = any(not (isinstance(c, str) and c) for c in conventions)
+    text = "; ".join(f"{c}: {NFE_CONVENTIONS[c]}" for c in found)
+    return "NFE — " + (text or "convention not recorded") + ("; some rows: not recorded" if unknown and found else "")
 
 
 def folder_rows(results_dir: Path, folder: Path) -> list[dict]:
@@ -208,7 +261,7 @@ def _pm(values: Any, sign: str = "") -> str:
 
 
 def summary(points: list[Point], table: Any = None) -> str:
-    """A readable table of the points' rows in runs.csv (lower is better): solver, NFE, base vs
+    """A readable table of the points' rows in runs.csv (lower is better; CLIP score: higher): solver, NFE, base vs
     correction (mean ± std over the seeds), their paired difference (correction − base per seed, both
     on the same noises; mean ± std over the seeds), λ fit time. ``table``: as for :func:`job_rows`."""
     if not points:
@@ -224,7 +277,7 @@ def summary(points: list[Point], table: Any = None) -> str:
     spread = ", mean ± std over seeds" if len(seeds) > 1 else ""
     lines = [f"{first.choices.dataset} · {first.choices.checkpoint} · {first.choices.eval} "
              f"({len(seeds)} seed{'s' if len(seeds) > 1 else ''} × {first.num_samples} samples{spread}; "
-             "lower is better)"]
+             f"{'higher' if first.metric_name() == 'clip_score' else 'lower'} is better)"]
     header = ["solver", "NFE"] + [f"{labels[d]} ({d})" if labels[d] != d else d for d in order]
     learned = [d for d in order if d != "none"]
     paired = "none" in order and len(learned) == 1
@@ -256,5 +309,6 @@ def summary(points: list[Point], table: Any = None) -> str:
     if paired:
         lines.append(f"{header[2 + len(order)]}: the difference per seed (both on the same noises), "
                      f"{'mean ± std over seeds' if len(seeds) > 1 else 'one seed'}")
+    lines.append(convention_note(df["nfe_convention"]))
     lines.append(f"runs.csv: {Path(first.results_dir) / RUNS_CSV}")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ over all shards, the share it generated on a fresh run), extracts their features
 moments in float64 (:class:`dode.eval.stats.FeatureMoments`: n, Σx, Σxxᵀ); one all-reduce adds the
 ranks' sums, and rank 0 turns them into μ, Σ and the Fréchet distance. The value equals the
 one-process value up to the order of the float64 sums. A metric given as a callable ``_target_``
-sees all images at once, on rank 0.
+sees all images at once, on rank 0. The CLIP score (``metric: clip_score``) scores sample i against
+its prompt (the run folder's ``prompts.json``); the ranks add their sums and counts likewise.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dode.errors import UserError
 from dode.runner.distributed import Context
 from dode.runner.generation import show_progress
 from dode.runner.points import META_KEYS, Point
@@ -56,17 +58,44 @@ def load_samples(point: Point, folder: Path, seed: int, pieces: list[Piece] | No
     return np.concatenate(images)
 
 
-def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool, ctx: Context | None = None) -> dict:
+def sample_prompts(folder: Path, pieces: list[Piece]) -> list[str]:
+    """The prompts of the samples of ``pieces`` in index order, from the run folder's ``prompts.json``."""
+    record = read_json(folder / "prompts.json")
+    if not isinstance(record, dict) or not isinstance(record.get("prompts"), list):
+        raise UserError(f"the CLIP score scores each sample against its prompt, but {folder / 'prompts.json'} "
+                        "is missing or unreadable: run a text-to-image model on a dataset with captions "
+                        "(dataset=coco); rerunning the point writes it")
+    by_index = {int(p["index"]): str(p["caption"]) for p in record["prompts"]}
+    index = [i for p in pieces for i in range(p.start, p.stop)]
+    missing = [i for i in index if i not in by_index]
+    if missing:
+        raise UserError(f"{folder / 'prompts.json'} has no prompt for sample(s) {missing[:5]}…; rerun the point")
+    return [by_index[i] for i in index]
+
+
+def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool, ctx: Context | None = None,
+                   prompts: list[str] | None = None) -> dict:
     """``{"value": float, "mu": …, "sigma": …}`` (and, for FID, its ``mode``) of uint8 images
     (N, H, W, C) under the ``eval`` config: :mod:`dode.eval.metrics` (feature moments, summed over
     the ranks of ``ctx`` when given — each passing its own images — then the Fréchet distance), or a
-    callable ``_target_`` returning a float or such a dict. Only rank 0's result is complete."""
+    callable ``_target_`` returning a float or such a dict; for ``clip_score`` (``prompts``: one per
+    image) the mean of the ranks' CLIP sums. Only rank 0's result is complete."""
     ev = point.eval
     if "_target_" in ev:
         from hydra.utils import instantiate
 
         out = instantiate({k: v for k, v in ev.items() if k not in META_KEYS}, _partial_=True)(images)
         out = dict(out) if isinstance(out, dict) else {"value": out}
+    elif point.metric_name() == "clip_score":
+        from dode.eval.clip import clip_sums
+
+        ctx = ctx or Context()
+        s = clip_sums(images, prompts or [], point.eval.get("clip_weights"), device,
+                      int(point.eval.get("batch_size") or 100))
+        total, n = ctx.all_reduce_sum(np.array([s.total, s.n]))
+        if not ctx.main:
+            return {}
+        out = {"value": total / n, "scored": int(n)}
     else:
         from dode.eval import metrics
 
@@ -109,7 +138,8 @@ def metric_stage(point: Point, folder: Path, seed: int, rlog: RunLog, ctx: Conte
     else:
         split = split_evenly(shard_plan(point.num_samples, point.shard_size), ctx.world)
         images = load_samples(point, folder, seed, split[ctx.rank])
-        out = compute_metric(images, point, ctx.device, show_progress(point) and ctx.main, ctx)
+        prompts = sample_prompts(folder, split[ctx.rank]) if point.metric_name() == "clip_score" else None
+        out = compute_metric(images, point, ctx.device, show_progress(point) and ctx.main, ctx, prompts)
         if not ctx.main:
             return {}
     seconds = round(time.perf_counter() - start, 4)

@@ -21,7 +21,7 @@ def test_configs_state_what_a_user_needs():
         assert c["md5"] is None or re.fullmatch(r"[0-9a-f]{32}", c["md5"])
         assert c["prediction"] in ("eps", "x0")
         assert c["source"], path.name
-        if c["loader"] not in ("edm", "diffusers_sd"):  # Stable Diffusion folders carry their own β schedule
+        if c["loader"] not in ("edm", "diffusers_sd", "ldm_compvis"):  # SD folders and LDM config.yaml: own β
             assert c["schedule"]["kind"] in ("linear", "cosine")
     assert OmegaConf.load(CONF / "ddpm-cifar10.yaml").md5 == "1fa350b952534ae442b1d5235cce5cd3"
     assert OmegaConf.load(CONF / "adm-imagenet64-uncond.yaml").schedule.T == 4000

@@ -58,3 +58,24 @@ def write_tiny_sd(folder: Path, prediction: str = "epsilon", seed: int = 0, samp
         "tokenizer": ["transformers", "CLIPTokenizer"], "scheduler": ["diffusers", "DDIMScheduler"],
         "safety_checker": [None, None], "feature_extractor": [None, None], "requires_safety_checker": False}))
     return folder
+
+
+def write_tiny_clip(folder: Path, image_size: int = 16, seed: int = 0) -> Path:
+    """Save a random-weight ``CLIPModel`` with its tokenizer and image processor (``image_size``² input,
+    no resize for images of that size) under ``folder``, as ``save_pretrained`` writes them."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    write_tokenizer(folder)
+    tok = CLIPTokenizer.from_pretrained(str(folder))
+    ids = {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    cfg = CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": HIDDEN, "intermediate_size": 32,
+                                  "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": MAX_LEN,
+                                  **ids},
+                     vision_config={"hidden_size": HIDDEN, "intermediate_size": 32, "num_hidden_layers": 2,
+                                    "num_attention_heads": 2, "image_size": image_size, "patch_size": 4},
+                     projection_dim=8)
+    CLIPModel(cfg).save_pretrained(str(folder))
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(str(folder))
+    return folder

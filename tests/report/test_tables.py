@@ -407,3 +407,19 @@ def test_mixed_seed_counts_are_said_not_silent(results, tmp_path, capsys):
     assert "note: fid-nfe-digits-digits-ddpm.md: its cells rest on different numbers of evaluation seeds (1, 3)" in out
     render(["fig-fid-nfe"], Options(results=results, dataset="digits"))
     assert "different numbers of evaluation seeds" not in capsys.readouterr().out
+
+
+def test_a_caption_states_what_the_nfe_of_its_rows_count():
+    """Tables and figures say their NFE convention (runs.csv's nfe_convention of the selected rows)."""
+    import pandas as pd
+
+    from dode.report.data import Selection, conventions
+    from dode.report.tables import caption_common
+    from dode.runner.results import NFE_CONVENTIONS
+
+    rows = pd.DataFrame({"nfe_convention": ["guided", "guided", None]})
+    cap = caption_common(Selection("fid30k", 10, conventions(rows)), [0])
+    assert cap.endswith(f"NFE — guided: {NFE_CONVENTIONS['guided']}; some rows: not recorded")
+    assert caption_common(Selection("fid30k", 10, conventions(rows.iloc[:2])), [0]).endswith(
+        "two network passes per sample)")
+    assert "NFE" not in caption_common(Selection("fid30k", 10), [0])

@@ -16,6 +16,7 @@ pytest.importorskip("transformers")
 
 from dode import Correction  # noqa: E402
 from dode.core.sampling import sample  # noqa: E402
+from dode.eval.clip import clip_sums  # noqa: E402
 from dode.eval.data import to_uint8  # noqa: E402
 from dode.models.checkpoints import load_checkpoint  # noqa: E402
 from dode.runner.results import read_runs  # noqa: E402
@@ -23,7 +24,7 @@ from dode.runner.seeds import make_noise  # noqa: E402
 from runner_helpers import ROOT, run_main, shards, write_test_conf  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests" / "models"))
-from tiny_sd import write_tiny_sd  # noqa: E402
+from tiny_sd import write_tiny_clip, write_tiny_sd  # noqa: E402
 
 CAPTIONS = ["a red boat on the sea", "the cat sat on the mat", "an ant", "two dogs in the park",
             "a plate of food", "the tall tower", "a train at night", "a kite in the sky", "a bowl of fruit",
@@ -45,6 +46,9 @@ def setup(tmp_path_factory):
         "defaults:\n  - override /checkpoint@_global_.checkpoint: test-sd\n  - override /eval@_global_.eval: test-mean\n"
         f"name: test-coco\nresolution: 16\nchannels: 3\nnum_samples: 6\n"
         f"captions:\n  path: {root / 'captions.json'}\n  count: 8\n  seed: 3\n")
+    clip = write_tiny_clip(root / "clip")
+    (conf / "eval" / "test-clip.yaml").write_text(f"name: test-clip\nmetric: clip_score\nclip_weights: {clip}\n"
+                                                  "batch_size: 4\n")
     return root, conf, folder
 
 
@@ -91,6 +95,17 @@ def test_guided_latent_run_fits_generates_decodes_scores_and_resumes(setup, tmp_
     assert hashlib.sha256(lost.read_bytes()).hexdigest() == digest
     assert read_runs(tmp_path)["value"].tolist() == values
 
+    # the CLIP score of the same shards (eval is not part of the run key): sample i against caption i
+    before = shards(tmp_path)
+    assert run(conf, tmp_path, "eval=test-clip") == 0 and shards(tmp_path) == before
+    df = read_runs(tmp_path)
+    clip = df[df["metric"] == "test-clip"].set_index("distill")
+    assert len(clip) == 2 and set(clip["nfe_convention"]) == {"guided"}
+    with np.load(dode_dir / "seed-0" / "samples" / "shard-0000000-0000003.npz") as z:
+        images = np.concatenate([z["images"], got])
+    want = clip_sums(images, [c for _, c in keyed][:6], str(root / "clip"))
+    assert clip.loc["dode", "value"] == pytest.approx(want.score, abs=1e-4)
+
 
 def test_text_model_and_captions_must_come_together(setup, tmp_path, capsys):
     root, conf, _ = setup
@@ -101,4 +116,12 @@ def test_text_model_and_captions_must_come_together(setup, tmp_path, capsys):
     assert "captions file not found: /nowhere/caps.json" in err and "Traceback" not in err
     assert run(conf, tmp_path, "checkpoint=test-oracle-vp", "dataset.channels=1", "dataset.resolution=4") == 2
     assert "has captions but checkpoint test-oracle-vp takes no text" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.npz"))
+
+
+def test_clip_score_without_its_weights_fails_before_sampling(setup, tmp_path, capsys):
+    root, conf, _ = setup
+    assert run(conf, tmp_path, "eval=test-clip", "eval.clip_weights=/nowhere/clip") == 2
+    err = capsys.readouterr().err
+    assert "the CLIP weights folder /nowhere/clip does not exist" in err and "openai/clip-vit-large-patch14" in err
     assert not list(tmp_path.rglob("*.npz"))

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import multiprocessing
 
+from pathlib import Path
+
 from dode.runner.results import read_runs, record
 
 
@@ -40,7 +42,7 @@ def test_a_row_states_the_fid_mode_and_a_digits_row_none(tmp_path):
     record(tmp_path, [fid, digits])
     back = read_runs(tmp_path).set_index("seed")
     assert back.loc[0, "mode"] == "legacy_tensorflow" and back.loc[0, "value"] == 3.1
-    assert back["mode"].isna().loc[1] and list(back.reset_index().columns)[-1] == "mode"
+    assert back["mode"].isna().loc[1] and list(back.reset_index().columns)[-2:] == ["mode", "nfe_convention"]
 
 
 def test_the_summary_says_lower_is_better_and_shows_the_paired_difference(tmp_path):
@@ -61,3 +63,56 @@ def test_the_summary_says_lower_is_better_and_shows_the_paired_difference(tmp_pa
     assert lines[3].split() == ["ddim", "4", "30.500", "±", "0.707", "22.000", "±", "1.414", "-8.500", "±", "0.707",
                                 "1.0"]
     assert lines[4].startswith("D-ODE − DDIM: the difference per seed")
+
+
+def test_a_row_states_its_nfe_convention_and_the_summary_says_it(tmp_path):
+    """Guided runs count one guided evaluation (a doubled batch) as one NFE: runs.csv says so per row."""
+    import dataclasses
+
+    from dode.runner.points import build_points
+    from dode.runner.results import NFE_CONVENTIONS, csv_row, summary
+    from dode.runner.store import run_dir
+    from runner_helpers import CHOICES, point_cfg
+
+    base, dode = build_points(point_cfg(tmp_path), CHOICES, with_files=False)
+    guided = dataclasses.replace(base, checkpoint={**base.checkpoint, "guidance": {"scale": 7.5}})
+    rows = [csv_row(base, run_dir(base), 0, {"value": 1.0}, None), csv_row(guided, Path(tmp_path) / "g", 0,
+                                                                             {"value": 2.0}, None)]
+    assert [r["nfe_convention"] for r in rows] == ["network", "guided"]
+    record(tmp_path, rows)
+    back = read_runs(tmp_path)
+    assert list(back.columns)[-2:] == ["mode", "nfe_convention"]
+    assert back.set_index("value").loc[2.0, "nfe_convention"] == "guided"
+    lines = summary([base, dode]).splitlines()
+    assert lines[-2] == f"NFE — network: {NFE_CONVENTIONS['network']}"
+
+
+def test_an_old_runs_csv_without_the_convention_reads_it_from_the_run_folders(tmp_path):
+    """A file written before the column: each row's convention comes from its run.json (guidance.scale);
+    a row whose folder is gone stays unknown; recording into it keeps the old rows; a bad value is refused."""
+    import json
+
+    import pytest
+
+    from dode.runner.results import CorruptRunsCsv, convention_note
+
+    for name, guidance in (("sd", {"scale": 7.5}), ("plain", {"scale": None})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "run.json").write_text(json.dumps({"point": {"checkpoint": {"guidance": guidance}}}))
+    head = "dataset,checkpoint,solver,distill,nfe,scale,batch,seed,num_samples,metric,value,fit_seconds," \
+           "sample_seconds,metric_seconds,fit_seed,run_dir,mode\n"
+    old = [f"coco,sd-v1-5,ddim,none,5,,,0,8,fid30k,13.5,,,,,{tmp_path / 'sd'},clean",
+           f"digits,digits-ddpm,ddim,none,5,,,0,8,fd,7.0,,,,,{tmp_path / 'plain'},",
+           f"digits,digits-ddpm,ddim,none,6,,,0,8,fd,6.0,,,,,{tmp_path / 'gone'},"]
+    (tmp_path / "runs.csv").write_text(head + "\n".join(old) + "\n")
+    df = read_runs(tmp_path)
+    assert df["nfe_convention"].tolist()[:2] == ["guided", "network"] and df["nfe_convention"].isna().iloc[2]
+    assert convention_note(df["nfe_convention"]).endswith("some rows: not recorded")
+    record(tmp_path, [{"run_dir": "new", "seed": 0, "num_samples": 8, "metric": "fd", "value": 1.0, "nfe": 5,
+                       "nfe_convention": "network"}])
+    df = read_runs(tmp_path)
+    assert len(df) == 4 and df.set_index("run_dir").loc[str(tmp_path / "sd"), "nfe_convention"] == "guided"
+    text = (tmp_path / "runs.csv").read_text().replace(",network\n", ",passes\n", 1)
+    (tmp_path / "runs.csv").write_text(text)
+    with pytest.raises(CorruptRunsCsv, match="nfe_convention 'passes' is none of network, guided"):
+        read_runs(tmp_path)
