@@ -112,5 +112,7 @@ def test_dode_run_fits_s4s_on_two_processes(tiny_conf, tmp_path):
     assert l1.relative_to(tmp_path / "w1") == l2.relative_to(tmp_path / "w2")  # the same run folder
     assert p2["provenance"]["fit_processes"] == 2 and "fit_processes" not in p1["provenance"]
     assert p1["provenance"]["batch"] == p2["provenance"]["batch"] == 7
-    close(p2["theta"], p1["theta"])
+    t1, t2 = np.asarray(p1["theta"]), np.asarray(p2["theta"])  # float32 runs: float32 summation order
+    np.testing.assert_allclose(t2, t1, rtol=0, atol=2e-6 * np.abs(t1).max())
+    assert np.abs(t1).max() > 1e-3
     assert len(list((tmp_path / "w2").rglob("metrics/*.json"))) == 1
