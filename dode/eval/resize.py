@@ -117,7 +117,8 @@ def resized_batches(images: np.ndarray, batch_size: int, mode: str, device: str 
         yield resize(batch)
 
 
-def uint8_batches(images: np.ndarray, batch_size: int, device: str = "cpu", pin: bool = False) -> Iterator[torch.Tensor]:
+def uint8_batches(images: np.ndarray, batch_size: int, device: str = "cpu",
+                  pin: bool = False) -> Iterator[torch.Tensor]:
     """uint8 ``(N, H, W, C)`` images as ``(n, C, H, W)`` batches on ``device`` (``pin``: copied from
     pinned memory, not blocking)."""
     for i in range(0, len(images), batch_size):

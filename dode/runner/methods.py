@@ -3,9 +3,10 @@
 Every ``conf/distill/<name>.yaml`` names a ``kind``; :data:`METHODS` maps it to a :class:`Method`:
 
 * ``fit(denoiser, noise, point, progress, provenance)`` — called once per run folder by the fit
-  stage (rank 0, or every rank of a ``parallel`` method; gradients enabled) with the ``B`` fit noises; it calls the public API of
-  :mod:`dode.learn` with keyword arguments taken from the distill config (``point.distill``) and the
-  point (solver, NFE, K), and returns a correction with ``save(path)``;
+  stage (rank 0, or every rank of a ``parallel`` method; gradients enabled) with the ``B`` fit
+  noises; it calls the public API of :mod:`dode.learn` with keyword arguments taken from the distill
+  config (``point.distill``) and the point (solver, NFE, K), and returns a correction with
+  ``save(path)``;
 * ``load(path)`` — reads ``lambdas.json`` back as what :func:`dode.sample` takes as ``lambdas``;
 * ``fits`` — whether K, B and the fit seed matter: the fit batch is drawn, and they enter the run
   hash and the folder name (``-K<K>-B<B>``);
