@@ -20,7 +20,7 @@ import torch
 
 from dode.errors import InvalidChoice
 from dode.eval.inception import load_pytorch_fid_inception, load_torchscript_inception, pytorch_fid_weights_path
-from dode.eval.resize import batch_resizer, check_mode
+from dode.eval.resize import check_mode, resize_workers, resized_batches, uint8_batches
 
 METRICS = ("fd_digits", "fid")
 
@@ -78,37 +78,39 @@ def _as_uint8_nhwc(images) -> np.ndarray:
 
 def feature_batches(name: str, images, batch_size: int = 250, device: str = "cpu", mode: str = "clean",
                     classifier: str | None = None, inception_weights: str | None = None,
-                    progress: bool = False, **_) -> Iterator[torch.Tensor]:
+                    progress: bool = False, workers: int | None = None, **_) -> Iterator[torch.Tensor]:
     """The features of uint8 images ``(N, H, W, C)``, ``batch_size`` at a time, as tensors on
     ``device`` (float32 ``(n, d)``, d = 64 for ``fd_digits``, 2048 for ``fid``): for ``fid``, grey
-    images are repeated to RGB, resized by FID mode ``mode`` (:func:`dode.eval.resize.batch_resizer`)
-    and passed through its network. Each batch goes to the device from pinned memory (on a GPU)."""
+    images are repeated to RGB, resized by FID mode ``mode`` (:func:`dode.eval.resize.resized_batches`;
+    ``clean`` in ``workers`` processes, default :func:`~dode.eval.resize.resize_workers`, pipelined with
+    the network; the same values as in one process) and passed through its network. Each batch goes to
+    the device from pinned memory (on a GPU)."""
     images = _as_uint8_nhwc(images)
     model = feature_extractor(name, device, classifier, mode, inception_weights)
-    resize = batch_resizer(mode) if name == "fid" else (lambda x: x.to(torch.float32))
     if name == "fid" and images.shape[3] == 1:
         images = np.repeat(images, 3, axis=3)
     pin = str(device).startswith("cuda")
-    starts = range(0, len(images), batch_size)
+    if name == "fid":
+        batches = resized_batches(images, batch_size, mode, device, resize_workers() if workers is None else workers,
+                                  pin)
+    else:
+        batches = (b.to(torch.float32) for b in uint8_batches(images, batch_size, device, pin))
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc=f"{name} features", unit="batch")
-    for i in starts:
-        batch = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2)))
-        if pin:
-            batch = batch.pin_memory()
+        batches = tqdm(batches, desc=f"{name} features", unit="batch", total=-(-len(images) // batch_size))
+    for batch in batches:
         with torch.no_grad():
-            yield model(resize(batch.to(device, non_blocking=pin))).detach().to(torch.float32)
+            yield model(batch).detach().to(torch.float32)
 
 
 def extract_features(name: str, images, batch_size: int = 250, device: str = "cpu", mode: str = "clean",
                      classifier: str | None = None, inception_weights: str | None = None,
-                     progress: bool = False, **_) -> np.ndarray:
+                     progress: bool = False, workers: int | None = None, **_) -> np.ndarray:
     """Features ``(N, d)`` (float32) of uint8 images ``(N, H, W, C)``: :func:`feature_batches`
     gathered on the CPU."""
     feats = [f.cpu().numpy() for f in feature_batches(name, images, batch_size, device, mode, classifier,
-                                                      inception_weights, progress)]
+                                                      inception_weights, progress, workers)]
     if not feats:
         raise ValueError("no images to extract features from")
     return np.concatenate(feats).astype(np.float32)

@@ -10,10 +10,16 @@
   ``top = tl + (tr − tl)·wx``, ``bottom = bl + (br − bl)·wx``, ``out = top + (bottom − top)·wy``).
 * ``legacy_pytorch`` — pytorch-fid's ``F.interpolate(mode="bilinear", align_corners=False)`` (half
   pixel centres, no antialiasing), on [0, 255] as clean-fid's ``legacy_pytorch`` mode does.
+
+The two bilinear resizes are tensor arithmetic and run on the features' device; ``clean`` is PIL on
+the CPU, one image at a time, so :func:`resized_batches` can run it in ``workers`` processes (a torch
+``DataLoader`` over the batches, tensors returned through shared memory), pipelined with the feature
+extraction: the same function on the same bytes, so the values are identical to the serial path.
 """
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -57,14 +63,69 @@ def torch_resize_bilinear(images: torch.Tensor, size: int = SIZE) -> torch.Tenso
     return F.interpolate(images.to(torch.float32), size=(size, size), mode="bilinear", align_corners=False)
 
 
-def pil_resize_bicubic(images: torch.Tensor, size: int = SIZE) -> torch.Tensor:
-    """clean-fid's "clean" resize of each image (PIL bicubic on float32 channels, clipped to [0, 255])."""
+def pil_resize_hwc(images: np.ndarray, size: int = SIZE) -> torch.Tensor:
+    """clean-fid's "clean" resize of uint8 ``(N, H, W, C)`` images, each by PIL bicubic on float32
+    channels clipped to [0, 255], as float32 ``(N, C, size, size)`` on the CPU."""
     from cleanfid.resize import make_resizer
 
     fn = make_resizer("PIL", False, "bicubic", (size, size))
-    hwc = images.detach().cpu().numpy().transpose(0, 2, 3, 1)
-    out = np.stack([fn(img) for img in hwc]).transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).to(images.device)
+    out = np.stack([fn(img) for img in images]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32))
+
+
+def pil_resize_bicubic(images: torch.Tensor, size: int = SIZE) -> torch.Tensor:
+    """clean-fid's "clean" resize of each ``(N, C, H, W)`` image (:func:`pil_resize_hwc`), on ``images``' device."""
+    return pil_resize_hwc(images.detach().cpu().numpy().transpose(0, 2, 3, 1), size).to(images.device)
+
+
+class CleanBatches(torch.utils.data.Dataset):
+    """Item i: batch i (``batch_size`` images) of uint8 ``(N, H, W, C)`` images, resized by the
+    ``clean`` mode (:func:`pil_resize_hwc`); what a ``DataLoader`` worker computes."""
+
+    def __init__(self, images: np.ndarray, batch_size: int):
+        self.images, self.batch_size = images, int(batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return pil_resize_hwc(self.images[i * self.batch_size:(i + 1) * self.batch_size])
+
+
+def resize_workers(processes: int = 1) -> int:
+    """Worker processes for the ``clean`` resize of one of ``processes`` processes sharing this
+    machine's usable cores: its share of them less one (the feature extraction's), at most 8; 0
+    (resize in this process) when that leaves none."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(8, cores // max(1, processes) - 1))
+
+
+def resized_batches(images: np.ndarray, batch_size: int, mode: str, device: str = "cpu", workers: int = 0,
+                    pin: bool = False) -> Iterator[torch.Tensor]:
+    """uint8 ``(N, H, W, 3)`` images, ``batch_size`` at a time, resized by FID mode ``mode`` to
+    float32 ``(n, 3, 299, 299)`` on ``device`` (``pin``: copied from pinned memory, not blocking).
+    ``clean`` with ``workers`` > 0: resized in that many ``DataLoader`` worker processes, up to two
+    batches each ahead of the consumer; otherwise batch by batch here (bilinear modes on ``device``)."""
+    if check_mode(mode) == "clean" and workers > 0:
+        loader = torch.utils.data.DataLoader(CleanBatches(images, batch_size), batch_size=None, num_workers=workers,
+                                             pin_memory=pin, prefetch_factor=2)
+        for batch in loader:
+            yield batch.to(device, non_blocking=pin)
+        return
+    resize = batch_resizer(mode)
+    for batch in uint8_batches(images, batch_size, device, pin):
+        yield resize(batch)
+
+
+def uint8_batches(images: np.ndarray, batch_size: int, device: str = "cpu",
+                  pin: bool = False) -> Iterator[torch.Tensor]:
+    """uint8 ``(N, H, W, C)`` images as ``(n, C, H, W)`` batches on ``device`` (``pin``: copied from
+    pinned memory, not blocking)."""
+    for i in range(0, len(images), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size].transpose(0, 3, 1, 2)))
+        if pin:
+            batch = batch.pin_memory()
+        yield batch.to(device, non_blocking=pin)
 
 
 def batch_resizer(mode: str) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -28,7 +28,7 @@ from dode.core.denoisers import weights_digest
 from dode.core.forms import Correction
 from dode.core.protocols import GridSpec
 from dode.learn.grids import MonotoneGrid, grid_record
-from dode.learn.s4s import S4SProblem
+from dode.learn.s4s import Reduce, S4SProblem, alone
 from dode.learn.s4s_alt import grid_gradient
 
 __all__ = ["fit_ld3"]
@@ -39,7 +39,8 @@ def fit_ld3(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: G
             targets: Tensor | None = None, distance: str | Callable = "l2", iters: int = 200, lr: float = 0.05,
             grid_space: str = "rho", rho: float = 7.0, free_end: bool = True, radius: float | str | None = "ld3",
             relax_step: float = 1.0, chunk: int | None = None, lpips_weights: str | None = None,
-            classifier: str | None = None, progress: bool = False, **provenance) -> Correction:
+            classifier: str | None = None, progress: bool = False, reduce: Reduce = alone,
+            **provenance) -> Correction:
     """LD3: the grid of ``solver`` at ``nfe`` (starting from ``grid``, default the paper protocol's)
     learned by ``iters`` Adam steps (learning rate ``lr``, cosine decay) on the :class:`MonotoneGrid`
     logits in ``grid_space`` so that the student's samples from ``noise`` match ``teacher``'s
@@ -47,10 +48,12 @@ def fit_ld3(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: G
     ``radius`` (``"ld3"``: LD3's default for this sample size and number of steps; a number; None: the
     plain objective). ``free_end``: the last positive σ is learned too (grids ending at σ = 0). The
     best grid seen by the training loss is kept only if it beats the initial grid. Returns a
-    :class:`~dode.core.forms.Correction` with λ = 0 (the base solver) and the grid in its provenance."""
+    :class:`~dode.core.forms.Correction` with λ = 0 (the base solver) and the grid in its provenance.
+    ``reduce``: a data-parallel fit (:class:`~dode.learn.s4s.Reduce`; ``noise`` and ``targets`` this
+    process's shares), the same grid on every process."""
     start = time.perf_counter()
     problem = S4SProblem.setup(denoiser, noise, solver, nfe, None, grid, teacher, teacher_nfe, teacher_grid, targets,
-                               distance, lpips_weights, classifier, chunk, radius, relax_step)
+                               distance, lpips_weights, classifier, chunk, radius, relax_step, reduce)
     spec, base = problem.spec, problem.sigmas
     mg = MonotoneGrid(denoiser, base, grid_space, rho, free_end and bool(base[-1] == 0))
     params = problem.initial_params()
@@ -62,7 +65,7 @@ def fit_ld3(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: G
     prov = {"method": "ld3", "solver": spec.name, "nfe": nfe, "grid": [float(v) for v in sigmas], "grid_learned": True,
             "base_grid": grid_record(grid, base), "base_sigmas": [float(v) for v in base],
             "grid_changed": bool(accepted), "sigmas": [float(v) for v in sigmas], "model": weights_digest(denoiser),
-            "grid_space": grid_space, "free_end": mg.free_end, "batch": int(noise.shape[0]),
+            "grid_space": grid_space, "free_end": mg.free_end, "batch": problem.batch,
             "distance": problem.distance_name, **problem.relax_record(), "iters": iters, "lr": lr,
             **problem.teacher_info, "loss_init": loss0, "loss_best": min(loss, loss0), "student_runs": problem.runs,
             "grid_runs": runs, "fit_seconds": time.perf_counter() - start, "dode_version": __version__, **provenance}

@@ -16,12 +16,20 @@ on a batch of noises — data-free:
 (or the FD-digits classifier's features, or LPIPS, or any callable), or the paper's relaxed objective
 (``radius``: the student may start anywhere within a small ball around the teacher's noise,
 :mod:`dode.learn.relaxed`). S4S-Alt (:mod:`dode.learn.s4s_alt`) also learns the time grid.
+
+Data-parallel fits: each of P processes holds a contiguous share N_p of the B noises (and computes
+its teacher's targets) and passes a ``reduce`` (:class:`Reduce`, a sum or max over the processes).
+The loss is L = Σ_p Σ_{b∈N_p} dist_b / B, so every process weights its chunks by their size over the
+global B, and the loss value and the gradients of θ (and of the grid σ) are summed over the
+processes before each optimiser step: every process takes the same steps and ends with the same θ,
+equal to the one-process fit up to the order of the float sums. The default ``reduce`` is
+:func:`alone` (one process: the identity).
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -40,9 +48,22 @@ from dode.learn.grids import grid_record
 from dode.learn.record import feature_columns
 from dode.learn.relaxed import RelaxedStarts, ld3_radius
 
-__all__ = ["S4S_FORMS", "s4s_form", "teacher_samples", "S4SProblem", "validation_pair", "optimise", "fit_s4s"]
+__all__ = ["S4S_FORMS", "Reduce", "alone", "s4s_form", "teacher_samples", "S4SProblem", "validation_pair",
+           "optimise", "fit_s4s"]
 
 S4S_FORMS = {2: "s4s2", 3: "s4s", 4: "s4s4"}
+
+
+class Reduce(Protocol):
+    """``t`` summed (``op="sum"``) or maximised (``op="max"``) element-wise over the processes of a
+    data-parallel fit, returned as a tensor of ``t``'s dtype and device on every process."""
+
+    def __call__(self, t: Tensor, op: str = "sum") -> Tensor: ...
+
+
+def alone(t: Tensor, op: str = "sum") -> Tensor:
+    """The :class:`Reduce` of a fit in one process: ``t`` itself."""
+    return t
 
 
 def s4s_form(window: int) -> str:
@@ -65,8 +86,9 @@ class S4SProblem:
     """One S4S fit: the student (``spec`` with ``plan`` on the base grid ``sigmas``, the correction
     ``form`` and its ``mask``: 1 where a feature exists, nfe × window; form None: the base solver, no
     coefficients, as LD3), the teacher's final samples ``targets`` for ``noise``, the ``distance``, and
-    the relaxed objective's ``starts`` (None: the plain objective). :meth:`loss` runs the student
-    (``runs`` counts)."""
+    the relaxed objective's ``starts`` (None: the plain objective); ``reduce`` sums over the processes
+    of a data-parallel fit, each holding its share of ``noise`` (``batch``: B, all shares).
+    :meth:`loss` runs the student (``runs`` counts)."""
 
     denoiser: Any
     noise: Tensor
@@ -81,16 +103,19 @@ class S4SProblem:
     teacher_info: dict
     chunk: int | None = None
     starts: RelaxedStarts | None = None
+    reduce: Reduce = alone
+    batch: int = 0
     runs: int = 0
 
     @classmethod
     def setup(cls, denoiser, noise: Tensor, solver: str, nfe: int, window: int | None, grid: GridSpec, teacher: str,
               teacher_nfe: int, teacher_grid: GridSpec, targets: Tensor | None, distance: str | Callable,
               lpips_weights: str | None, classifier: str | None, chunk: int | None,
-              radius: float | str | None = None, relax_step: float = 1.0) -> "S4SProblem":
+              radius: float | str | None = None, relax_step: float = 1.0, reduce: Reduce = alone) -> "S4SProblem":
         """The problem of :func:`fit_s4s` (``window`` None: no coefficients): the teacher runs here
-        unless ``targets`` are given; ``radius`` not None: the relaxed objective with that radius
-        (``"ld3"``: LD3's default for the sample size and the number of steps)."""
+        (on this process's share of the noise) unless ``targets`` are given; ``radius`` not None: the
+        relaxed objective with that radius (``"ld3"``: LD3's default for the sample size and the
+        number of steps); ``reduce``: a data-parallel fit's (:class:`Reduce`)."""
         if isinstance(radius, str) and radius != "ld3":
             raise InvalidChoice(f"radius must be a number, 'ld3' (LD3's default) or null, not {radius!r}")
         form = None if window is None else s4s_form(window)
@@ -118,7 +143,12 @@ class S4SProblem:
             radius = ld3_radius(tuple(noise.shape[1:]), len(plan))
         starts = None if radius is None else RelaxedStarts(noise, float(radius), relax_step)
         return cls(denoiser, noise, targets.to(noise.dtype), spec, sigmas, plan, form, mask, dist, dname, tinfo,
-                   chunk, starts)
+                   chunk, starts, reduce, cls.count(reduce, noise))
+
+    @staticmethod
+    def count(reduce: Reduce, noise: Tensor) -> int:
+        """The number of samples of ``noise`` over all processes."""
+        return int(reduce(torch.tensor(float(len(noise)), dtype=torch.float64)))
 
     def correction(self, params: Tensor) -> Correction | None:
         """The student's correction with the rows of ``params`` as θ (tensors: gradients flow)."""
@@ -128,8 +158,11 @@ class S4SProblem:
              backward: bool = False) -> float:
         """dist(student, teacher) over the batch (in chunks of ``chunk``; gradients accumulated). On the
         training batch with the relaxed objective the student starts from the current starts, whose
-        gradient and per-sample distances are recorded for :meth:`relax`."""
+        gradient and per-sample distances are recorded for :meth:`relax`. Data-parallel: each chunk
+        weighted by its size over all processes' samples; the value and the gradients of the leaves
+        ``params`` and ``sigmas`` (which must hold none before) summed over the processes."""
         relaxed = noise is None and self.starts is not None
+        whole = self.batch if noise is None else self.count(self.reduce, noise)
         noise = (self.starts.leaf(backward) if relaxed else self.noise) if noise is None else noise
         targets = self.targets if targets is None else targets
         size = int(self.chunk or len(noise))
@@ -139,7 +172,7 @@ class S4SProblem:
                 n, y = noise[i:i + size], targets[i:i + size]
                 path = ModelPath(self.denoiser, self.correction(params))
                 x = run_solver(path, self.spec, n, sigmas, self.plan)
-                part = self.distance(x, y) * (len(n) / len(noise))
+                part = self.distance(x, y) * (len(n) / whole)
                 if relaxed:
                     with torch.no_grad():
                         each.append(per_sample_distances(self.distance, x.detach(), y))
@@ -148,6 +181,11 @@ class S4SProblem:
                 total += float(part.detach())
         if relaxed:
             self.starts.record(noise.grad if backward else None, torch.cat(each))
+        if self.reduce is not alone:
+            total = float(self.reduce(torch.tensor(total, dtype=torch.float64)))
+            for leaf in (params, sigmas) if backward else ():
+                if leaf.is_leaf and leaf.grad is not None:
+                    leaf.grad = self.reduce(leaf.grad)
         self.runs += 1
         return total
 
@@ -174,8 +212,9 @@ class S4SProblem:
         """The relaxed objective in the provenance: radius, step, moves, the starts' largest offset."""
         if self.starts is None:
             return {"radius": None}
-        return {"radius": self.starts.radius, "relax_step": self.starts.step, "relax_moves": self.starts.moves,
-                "relax_max_offset": float(self.starts.offsets().max())}
+        moves = self.reduce(torch.tensor(float(self.starts.moves), dtype=torch.float64))
+        return {"radius": self.starts.radius, "relax_step": self.starts.step, "relax_moves": int(moves),
+                "relax_max_offset": float(self.reduce(self.starts.offsets().max(), "max"))}
 
     def initial_params(self, init: Correction | None = None) -> Tensor:
         """θ to start from, one row per evaluation: zeros (the base solver), or ``init``'s θ."""
@@ -293,7 +332,7 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
             val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
             init: Correction | None = None, optimizer: str = "adam", lpips_weights: str | None = None,
             classifier: str | None = None, radius: float | str | None = None, relax_step: float = 1.0,
-            progress: bool = False, **provenance) -> Correction:
+            progress: bool = False, reduce: Reduce = alone, **provenance) -> Correction:
     """S4S (Frankel et al. 2025): learn the per-evaluation coefficients of ``solver`` on its last
     ``window`` data predictions (form ``s4s``/``s4s2``/``s4s4``) so that its final samples from
     ``noise`` match ``teacher``'s (``teacher_nfe`` evaluations; or the given ``targets``).
@@ -308,10 +347,12 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
     (:mod:`dode.learn.relaxed`, the student starts within that distance of each noise, ``"ld3"``: LD3's
     default radius; ``relax_step`` its step in units of the radius; None: the plain objective). Returns a
     :class:`~dode.core.forms.Correction` (float θ) with ``fit_seconds`` and the losses in its provenance.
+    ``reduce``: a data-parallel fit (:class:`Reduce`; ``noise``, ``targets``, ``val_noise`` and
+    ``val_targets`` are then this process's shares), the same θ on every process.
     """
     start = time.perf_counter()
     problem = S4SProblem.setup(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid,
-                               targets, distance, lpips_weights, classifier, chunk, radius, relax_step)
+                               targets, distance, lpips_weights, classifier, chunk, radius, relax_step, reduce)
     spec, sigmas, form = problem.spec, problem.sigmas, problem.form
     val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
     params = problem.initial_params(init)
@@ -320,7 +361,7 @@ def fit_s4s(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, window:
                                f"fit s4s {spec.name}@{nfe}", optimizer)
     prov = {"method": "s4s", "solver": spec.name, "nfe": nfe, "form": form, "window": window,
             "grid": grid_record(grid, sigmas), "sigmas": [float(v) for v in sigmas],
-            "model": weights_digest(denoiser), "batch": int(noise.shape[0]),
+            "model": weights_digest(denoiser), "batch": problem.batch,
             "distance": problem.distance_name, **problem.relax_record(), "iters": iters, "lr": lr,
             **problem.teacher_info, **log,
             "student_runs": problem.runs, "fit_seconds": time.perf_counter() - start, "dode_version": __version__,

@@ -26,7 +26,7 @@ from dode.core.forms import Correction
 from dode.core.protocols import GridSpec
 from dode.errors import InvalidChoice
 from dode.learn.grids import MonotoneGrid, grid_record
-from dode.learn.s4s import S4SProblem, optimise, validation_pair
+from dode.learn.s4s import Reduce, S4SProblem, alone, optimise, validation_pair
 
 __all__ = ["GRID_SEARCHES", "grid_gradient", "fit_s4s_alt"]
 
@@ -122,7 +122,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
                 val_noise: Tensor | None = None, val_targets: Tensor | None = None, eval_every: int = 10,
                 optimizer: str = "adam", lpips_weights: str | None = None, classifier: str | None = None,
                 rho: float = 7.0, free_end: bool = True, radius: float | str | None = None, relax_step: float = 1.0,
-                progress: bool = False, **provenance) -> Correction:
+                progress: bool = False, reduce: Reduce = alone, **provenance) -> Correction:
     """S4S-Alt (Frankel et al. 2025): alternate S4S's coefficient fit (Adam, see :func:`fit_s4s`)
     with the time grid's (:class:`MonotoneGrid` logits in ``grid_space``). ``grid_search``:
     ``"gradient"`` — ``grid_iters`` Adam steps of learning rate ``grid_lr`` through the differentiable
@@ -134,12 +134,13 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
     on, the last positive σ is free too (only σ_0 and the final σ = 0 stay), else it keeps the base
     grid's value. The learned grid (ending at σ = 0) is ``provenance["grid"]`` (``grid_learned`` =
     True); pass ``grid=grid_of(correction)`` to :func:`dode.sample`, or use :func:`sample_learned`.
+    ``reduce``: a data-parallel fit (:func:`fit_s4s`; the grid too is the same on every process).
     """
     start = time.perf_counter()
     if grid_search not in GRID_SEARCHES:
         raise InvalidChoice(f"unknown grid_search {grid_search!r}; valid: {', '.join(GRID_SEARCHES)}")
     problem = S4SProblem.setup(denoiser, noise, solver, nfe, window, grid, teacher, teacher_nfe, teacher_grid,
-                               targets, distance, lpips_weights, classifier, chunk, radius, relax_step)
+                               targets, distance, lpips_weights, classifier, chunk, radius, relax_step, reduce)
     spec, sigmas, form = problem.spec, problem.sigmas, problem.form
     val = validation_pair(denoiser, val_noise, val_targets, teacher, teacher_nfe, teacher_grid)
     base = MonotoneGrid(denoiser, sigmas, grid_space, rho)  # validates the grid space and the base grid
@@ -190,7 +191,7 @@ def fit_s4s_alt(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, win
             "grid_space": grid_space, "free_end": bool(free_end), "rounds": rounds, "grid_search": grid_search,
             **({"grid_iters": grid_iters, "grid_lr": grid_lr} if grid_search != "nelder_mead" else
                {"grid_evals": grid_evals, "grid_step": grid_step}),
-            "batch": int(noise.shape[0]), "distance": problem.distance_name, **problem.relax_record(),
+            "batch": problem.batch, "distance": problem.distance_name, **problem.relax_record(),
             "iters": iters, "round_iters": round_iters, "lr": lr, **problem.teacher_info, "loss_init": loss0,
             "loss_best": current,
             "history": history, "student_runs": problem.runs, "grid_runs": grid_runs,

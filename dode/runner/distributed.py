@@ -1,10 +1,12 @@
 """Many processes for ``dode-run``: one machine (spawned workers) or a cluster (torchrun, SLURM).
 
 Every process runs the same stage driver with its own :class:`Context` (rank, world size, device);
-generation and feature extraction are split evenly over the ranks, rank 0 fits, merges and scores.
+generation, feature extraction and the gradient fits (S4S, S4S-Alt, LD3) are split evenly over the
+ranks; rank 0 fits the other corrections, merges and scores.
 Images go through the run folders (λ JSON, shards, manifests); the processes exchange only small
-things directly: rank 0's list of shards to make (:meth:`Context.broadcast`) and the feature
-moments of the metric (:meth:`Context.all_reduce_sum`).
+things directly: rank 0's list of shards to make (:meth:`Context.broadcast`), the feature
+moments of the metric (:meth:`Context.all_reduce_sum`) and the losses and gradients of a
+data-parallel fit (:meth:`Context.all_reduce`).
 
 * ``launcher=local`` (default): ``world_size`` workers are spawned on this machine with
   :mod:`torch.multiprocessing` and rendezvous on ``127.0.0.1`` (NCCL when there is a GPU per worker,
@@ -81,6 +83,15 @@ class Context:
         t = torch.from_numpy(values.copy()).to(self._comm_device())
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().numpy()
+
+    def all_reduce(self, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``t`` summed (``op="sum"``) or maximised (``"max"``) element-wise over the ranks, as a new
+        tensor of its dtype and device (``t`` itself when alone): the ``reduce`` of a data-parallel fit."""
+        if not self.distributed:
+            return t
+        u = t.detach().to(self._comm_device(), copy=True)
+        dist.all_reduce(u, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op])
+        return u.to(t.device)
 
     def close(self) -> None:
         if self.distributed and dist.is_initialized():

@@ -3,14 +3,19 @@
 Every ``conf/distill/<name>.yaml`` names a ``kind``; :data:`METHODS` maps it to a :class:`Method`:
 
 * ``fit(denoiser, noise, point, progress, provenance)`` — called once per run folder by the fit
-  stage (rank 0, gradients enabled) with the ``B`` fit noises; it calls the public API of
-  :mod:`dode.learn` with keyword arguments taken from the distill config (``point.distill``) and the
-  point (solver, NFE, K), and returns a correction with ``save(path)``;
+  stage (rank 0, or every rank of a ``parallel`` method; gradients enabled) with the ``B`` fit
+  noises; it calls the public API of :mod:`dode.learn` with keyword arguments taken from the distill
+  config (``point.distill``) and the point (solver, NFE, K), and returns a correction with
+  ``save(path)``;
 * ``load(path)`` — reads ``lambdas.json`` back as what :func:`dode.sample` takes as ``lambdas``;
 * ``fits`` — whether K, B and the fit seed matter: the fit batch is drawn, and they enter the run
   hash and the folder name (``-K<K>-B<B>``);
 * ``check(distill)`` — optional: refuses options of the distill config that cannot work (a
-  :class:`~dode.errors.UserError`), before any point of the job runs.
+  :class:`~dode.errors.UserError`), before any point of the job runs;
+* ``parallel`` — the fit is data-parallel (S4S, S4S-Alt, LD3): with several processes every rank
+  calls ``fit`` with its even contiguous share of the ``B`` noises and ``reduce=``
+  :meth:`~dode.runner.distributed.Context.all_reduce` (:class:`dode.learn.s4s.Reduce`), and rank 0
+  saves the result, the same on every rank.
 
 A new learned method is its form (:mod:`dode.core`), its fit (one file in ``dode/learn/``), ONE
 ``@register("<kind>")`` function here, and its ``conf/distill/<name>.yaml`` with ``kind: <kind>``.
@@ -30,6 +35,7 @@ from dode.core.forms import Correction
 from dode.errors import UserError
 from dode.learn import (fit_amed, fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_pas, fit_s4s,
                         fit_s4s_alt)
+from dode.learn.s4s import Reduce, alone
 
 if TYPE_CHECKING:
     from dode.runner.points import Point
@@ -46,16 +52,18 @@ class Method:
     load: Callable[[str | Path], Any] | None = Correction.load
     fits: bool = True
     check: CheckFunction | None = None
+    parallel: bool = False
 
 
 METHODS: dict[str, Method] = {"none": Method(None, None, fits=False)}
 
 
 def register(kind: str, fits: bool = True, load: Callable[[str | Path], Any] = Correction.load,
-             check: CheckFunction | None = None) -> Callable[[FitFunction], FitFunction]:
-    """Decorator: the fit function of distill ``kind`` (one registration per method)."""
+             check: CheckFunction | None = None, parallel: bool = False) -> Callable[[FitFunction], FitFunction]:
+    """Decorator: the fit function of distill ``kind`` (one registration per method; ``parallel``: it
+    takes ``reduce`` and fits data-parallel)."""
     def add(fit: FitFunction) -> FitFunction:
-        METHODS[kind] = Method(fit, load, fits, check)
+        METHODS[kind] = Method(fit, load, fits, check, parallel)
         return fit
     return add
 
@@ -89,7 +97,7 @@ def import_ref(ref: str) -> Any:
 
 def method_of(distill: dict) -> Method:
     """The :class:`Method` of a distill config: its kind's entry, overridden by the config's own
-    ``fit``/``load`` (``module:function`` strings) and ``fits``."""
+    ``fit``/``load`` (``module:function`` strings) and ``fits`` (a fit of its own is not data-parallel)."""
     kind = distill.get("kind", "none")
     if kind not in METHODS and not distill.get("fit"):
         raise UserError(f"distill kind {kind!r} is not registered; valid kinds: {', '.join(METHODS)} "
@@ -99,7 +107,7 @@ def method_of(distill: dict) -> Method:
         return base
     fit, load = distill.get("fit", base.fit), distill.get("load", base.load)
     return Method(import_ref(fit) if isinstance(fit, str) else fit, import_ref(load) if isinstance(load, str) else load,
-                  bool(distill.get("fits", base.fits)), base.check)
+                  bool(distill.get("fits", base.fits)), base.check, base.parallel and "fit" not in distill)
 
 
 def options(distill: dict, keys: tuple[str, ...]) -> dict:
@@ -157,28 +165,31 @@ def fit_iia_method(denoiser, noise: Tensor, point: Point, progress: bool, proven
                    progress=progress, **provenance)
 
 
-@register("s4s")
-def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+@register("s4s", parallel=True)
+def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict,
+                   reduce: Reduce = alone) -> Correction:
     """S4S: :func:`dode.learn.fit_s4s` with the set :data:`S4S_OPTIONS` of the distill config."""
     return fit_s4s(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
-                   **options(point.distill, S4S_OPTIONS), **provenance)
+                   reduce=reduce, **options(point.distill, S4S_OPTIONS), **provenance)
 
 
-@register("s4s_alt")
-def fit_s4s_alt_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+@register("s4s_alt", parallel=True)
+def fit_s4s_alt_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict,
+                       reduce: Reduce = alone) -> Correction:
     """S4S-Alt: :func:`dode.learn.fit_s4s_alt` with the set :data:`S4S_OPTIONS` and
     :data:`S4S_ALT_OPTIONS` of the distill config; the learned grid is in the provenance."""
     return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid,
-                       progress=progress, **options(point.distill, S4S_OPTIONS),
+                       progress=progress, reduce=reduce, **options(point.distill, S4S_OPTIONS),
                        **options(point.distill, S4S_ALT_OPTIONS), **provenance)
 
 
-@register("ld3")
-def fit_ld3_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict) -> Correction:
+@register("ld3", parallel=True)
+def fit_ld3_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict,
+                   reduce: Reduce = alone) -> Correction:
     """LD3: :func:`dode.learn.fit_ld3` (the base solver's grid only) with the set :data:`LD3_OPTIONS`
     of the distill config; the learned grid is in the provenance."""
     return fit_ld3(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid, progress=progress,
-                   **options(point.distill, LD3_OPTIONS), **provenance)
+                   reduce=reduce, **options(point.distill, LD3_OPTIONS), **provenance)
 
 
 @register("gits", check=numbers("fine", integer=True))

@@ -98,11 +98,14 @@ def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool
         out = {"value": total / n, "scored": int(n)}
     else:
         from dode.eval import metrics
+        from dode.eval.resize import resize_workers
 
         ctx = ctx or Context()
         name, kw = point.metric_name(), point.metric_kwargs(device)
         if ctx.main:
             metrics.reference_stats(name, **kw)  # a missing reference fails before the features
+        # the clean resize in worker processes: this rank's share of the cores, less its own
+        kw["workers"] = resize_workers(ctx.world)
         mom = metrics.feature_moments(name, images, progress=progress, **kw) if len(images) else None
         dim = ctx.broadcast(len(mom.total) if mom is not None else None, src=ctx.world - 1)  # it has samples
         mom = ctx.all_reduce_sum((mom or metrics.FeatureMoments.zeros(dim)).pack())

@@ -1,11 +1,11 @@
 """The stages behind ``dode-run``: fit → generate → metric → ``runs.csv``, resumable and reproducible.
 
 Every process runs :func:`execute` on the points of a job (rank ``ctx.rank`` of ``ctx.world``):
-rank 0 fits the correction (:func:`fit_stage`), all ranks generate an equal share of the samples
-(:func:`dode.runner.generation.generate_stage`) and extract the features of an equal share
-(:func:`dode.runner.scoring.metric_stage`, moments all-reduced), rank 0 scores each seed and
-records its row. Each stage is skipped when its artifact in the run
-folder (:mod:`dode.runner.store`) is complete. Seeds: :mod:`dode.runner.seeds`.
+rank 0 fits the correction (:func:`fit_stage`; S4S, S4S-Alt and LD3 fit data-parallel on every
+rank), all ranks generate an equal share of the samples (:func:`dode.runner.generation.generate_stage`)
+and extract the features of an equal share (:func:`dode.runner.scoring.metric_stage`, moments
+all-reduced), rank 0 scores each seed and records its row. Each stage is skipped when its artifact
+in the run folder (:mod:`dode.runner.store`) is complete. Seeds: :mod:`dode.runner.seeds`.
 """
 from __future__ import annotations
 
@@ -27,13 +27,27 @@ from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.core.denoisers import weights_digest
 from dode.runner.scoring import metric_stage
 from dode.runner.seeds import fit_block, make_noise, set_labels
+from dode.runner.striping import even_bounds
 from dode.runner.store import RunLog, file_lock, read_json, remove_stale_tmp, run_dir, run_spec, write_json
 
 
 # ------------------------------------------------------------------------------------------- fit
+def fit_share(point: Point, ctx: Context) -> tuple[range, bool]:
+    """(the fit noises' indices this rank fits on, whether the fit is data-parallel): a ``parallel``
+    method with several ranks and at least one noise each gets rank r's even contiguous share of the
+    ``B`` noises (:func:`~dode.runner.striping.even_bounds`), otherwise rank 0 fits on all of them."""
+    method = point.method
+    count = point.batch if method.fits else 0
+    if method.parallel and ctx.world > 1 and count >= ctx.world:
+        bounds = even_bounds(count, ctx.world)
+        return range(bounds[ctx.rank], bounds[ctx.rank + 1]), True
+    return range(count), False
+
+
 def fit_stage(point: Point, folder: Path, denoiser, ctx: Context, rlog: RunLog, shape: tuple) -> Any:
-    """The correction of ``point`` (None for the base solver); fitted once, by rank 0, with the
-    registered method (:mod:`dode.runner.methods`) on ``B`` noises of the fit seed block."""
+    """The correction of ``point`` (None for the base solver); fitted once with the registered method
+    (:mod:`dode.runner.methods`) on ``B`` noises of the fit seed block: by rank 0, or by every rank
+    on its share with losses and gradients all-reduced (:func:`fit_share`); rank 0 saves it."""
     method = point.method
     if method.fit is None:
         return None
@@ -48,28 +62,33 @@ def fit_stage(point: Point, folder: Path, denoiser, ctx: Context, rlog: RunLog, 
         except Exception:
             return False
 
-    if ctx.main:
-        if complete():
-            rlog("fit: lambdas.json complete, skipped", console=False)
-        else:
-            block = fit_block(point.fit_seed)
-            noise, seeds = make_noise(block, range(point.batch if method.fits else 0), shape, point.torch_dtype())
-            set_labels(denoiser, point, seeds, ctx.device)
-            provenance = {
-                "run_dir": str(folder), "run_spec": run_spec(point), "distill": point.choices.distill,
-                "checkpoint": point.choices.checkpoint, "dataset": point.choices.dataset,
-                "fit_seed": point.fit_seed, "fit_noise": f"block {block}: torch.Generator seeded "
-                f"{block}·10^7 + j, j < {len(noise)}", "device": ctx.device, "dtype": point.dtype,
-            }
-            start = time.perf_counter()
-            # gradient-based fits (S4S) need grad; closed-form ones make no graph. Always fp32 (no TF32)
-            with torch.enable_grad(), precision_mode(denoiser, ctx.device):
-                corr = method.fit(denoiser, noise.to(ctx.device), point, show_progress(point), provenance)
-            seconds = time.perf_counter() - start
+    share, parallel = fit_share(point, ctx)
+    done = ctx.broadcast(ctx.main and complete()) if parallel else ctx.main and complete()
+    if done and ctx.main:
+        rlog("fit: lambdas.json complete, skipped", console=False)
+    elif not done and (ctx.main or parallel):
+        block = fit_block(point.fit_seed)
+        noise, seeds = make_noise(block, share, shape, point.torch_dtype())
+        set_labels(denoiser, point, seeds, ctx.device)
+        provenance = {
+            "run_dir": str(folder), "run_spec": run_spec(point), "distill": point.choices.distill,
+            "checkpoint": point.choices.checkpoint, "dataset": point.choices.dataset,
+            "fit_seed": point.fit_seed, "fit_noise": f"block {block}: torch.Generator seeded "
+            f"{block}·10^7 + j, j < {point.batch if method.fits else 0}", "device": ctx.device, "dtype": point.dtype,
+            **({"fit_processes": ctx.world} if parallel else {}),
+        }
+        start = time.perf_counter()
+        # gradient-based fits (S4S) need grad; closed-form ones make no graph. Always fp32 (no TF32)
+        with torch.enable_grad(), precision_mode(denoiser, ctx.device):
+            corr = method.fit(denoiser, noise.to(ctx.device), point, show_progress(point) and ctx.main, provenance,
+                              **({"reduce": ctx.all_reduce} if parallel else {}))
+        seconds = time.perf_counter() - start
+        if ctx.main:
             if hasattr(corr, "provenance") and isinstance(corr.provenance, dict):
                 corr.provenance.setdefault("fit_seconds", seconds)
             corr.save(path)  # atomic (temporary file, then rename)
-            rlog(f"fit: {point.choices.distill} in {seconds:.1f} s → lambdas.json")
+            rlog(f"fit: {point.choices.distill} in {seconds:.1f} s"
+                 + (f" on {ctx.world} processes" if parallel else "") + " → lambdas.json")
     ctx.barrier()
     return method.load(path)
 

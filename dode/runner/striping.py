@@ -41,11 +41,16 @@ class Piece:
         return f".{self.shard.name[:-4]}.part-{self.start:07d}-{self.stop:07d}.npz"
 
 
+def even_bounds(total: int, world: int) -> list[int]:
+    """``⌊r·total/world⌋`` for r = 0 … world: rank r's contiguous run of ``total`` items is
+    ``bounds[r]`` … ``bounds[r + 1] − 1`` (equal lengths ±1; also the fit noises of a data-parallel fit)."""
+    return [r * total // world for r in range(world + 1)]
+
+
 def split_evenly(shards: list[Shard], world: int) -> list[list[Piece]]:
     """The pieces of every rank: ``shards`` (in this order) cut into ``world`` contiguous runs of
     equal length ±1 (see the module docstring)."""
-    total = sum(len(sh) for sh in shards)
-    bounds = [r * total // world for r in range(world + 1)]
+    bounds = even_bounds(sum(len(sh) for sh in shards), world)
     out: list[list[Piece]] = [[] for _ in range(world)]
     offset = 0
     for sh in shards:

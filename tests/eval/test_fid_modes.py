@@ -227,3 +227,23 @@ def test_feature_moments_of_fid_equal_the_statistics_of_all_features(tmp_path):
     assert mom.count == len(imgs) and float(np.abs(ref_sigma).max()) > 1e-3
     np.testing.assert_allclose(mu, ref_mu, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-7, atol=1e-9 * float(np.abs(ref_sigma).max()))
+
+
+def test_clean_resize_in_worker_processes_is_byte_identical_to_the_serial_path(monkeypatch):
+    """The clean mode's PIL resize in DataLoader workers gives the bytes of the serial resize of every
+    batch (a ragged last one too), and the same features in the same order."""
+    from dode.eval import features
+    from dode.eval.resize import pil_resize_bicubic, resized_batches
+
+    imgs = np.concatenate([_images("32x32"), _images("32x32")[::-1], _images("32x32")[:1]])  # 5 images
+    serial = [pil_resize_bicubic(torch.from_numpy(np.ascontiguousarray(imgs[i:i + 2].transpose(0, 3, 1, 2))))
+              for i in range(0, 5, 2)]
+    pooled = list(resized_batches(imgs, 2, "clean", workers=2))
+    assert [b.shape[0] for b in pooled] == [2, 2, 1] and serial[0].dtype == pooled[0].dtype == torch.float32
+    assert all(a.numpy().tobytes() == b.numpy().tobytes() for a, b in zip(serial, pooled))
+    assert float(serial[0].std()) > 1.0  # real content, not zeros
+
+    monkeypatch.setattr(features, "feature_extractor", lambda *a, **k: lambda x: x.mean(dim=(2, 3)) + x[:, :, 7, 9])
+    one, two = (np.concatenate([f.numpy() for f in features.feature_batches("fid", imgs, 2, workers=w)])
+                for w in (0, 2))
+    assert one.shape == (5, 3) and one.tobytes() == two.tobytes()

@@ -19,13 +19,21 @@ from dode.errors import UserError
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Every way out of the machine raises (sockets, urllib, clean-fid's download helpers)."""
+    """Every way out of the machine raises (sockets, urllib, clean-fid's download helpers); Unix-domain
+    sockets stay open (local IPC: the clean resize's worker processes pass shared memory over them)."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("network access attempted during a test")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    def local_only(method):
+        def call(self, *args, **kwargs):
+            if self.family != socket.AF_UNIX:
+                refuse()
+            return method(self, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(socket.socket, "connect", local_only(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", local_only(socket.socket.connect_ex))
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
