@@ -23,7 +23,8 @@ RUNS_CSV = "runs.csv"
 KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples",
-           "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode"]
+           "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode", "grid"]
+TEXT_DEFAULTS = {"grid": ""}  # text columns newer than some runs.csv files: their value in an older file
 
 
 class CorruptRunsCsv(UserError, ValueError):
@@ -33,6 +34,19 @@ class CorruptRunsCsv(UserError, ValueError):
 def fit_seconds_of(correction: Any) -> float | None:
     """The ``fit_seconds`` of a correction's provenance (None for the base solver)."""
     return (getattr(correction, "provenance", None) or {}).get("fit_seconds") if correction is not None else None
+
+
+def grid_text(solver: dict) -> str:
+    """The ``grid`` column: how a run's solver grid differs from the paper protocol's — ``""`` for
+    the default (``solver.protocol: paper``, no ``grid``/``endpoint``/``inner``), else the spacing of
+    ``solver.grid`` (``dmn``, ``edm``, ``logsnr``, …) or ``explicit`` for a list of σ, followed by
+    ``protocol=…``, ``endpoint=…``, ``inner=…`` where those are set (``"dmn"``, ``"protocol=dode"``)."""
+    g = solver.get("grid")
+    parts = ["explicit" if isinstance(g, (list, tuple)) else str(g)] if g is not None else []
+    if str(solver.get("protocol") or "paper") != "paper":
+        parts.append(f"protocol={solver['protocol']}")
+    parts += [f"{k}={solver[k]}" for k in ("endpoint", "inner") if solver.get(k) is not None]
+    return " ".join(parts)
 
 
 def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: float | None) -> dict:
@@ -48,6 +62,7 @@ def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: fl
         "sample_seconds": result.get("sample_seconds"), "metric_seconds": result.get("metric_seconds"),
         "fit_seed": point.fit_seed if fits else None, "run_dir": str(folder),
         "mode": result.get("mode"),  # the FID mode (clean, legacy_tensorflow, legacy_pytorch); none for FD-digits
+        "grid": grid_text(point.solver),
     }
 
 
@@ -138,14 +153,18 @@ def _write_table(path: Path, table: Any) -> None:
 
 def read_runs(results_dir: str | Path) -> Any:
     """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none);
-    a corrupt file is a :class:`CorruptRunsCsv`."""
+    a corrupt file is a :class:`CorruptRunsCsv`. A file older than a text column of
+    :data:`TEXT_DEFAULTS` reads with that column's default (``grid``: ``""``, the paper protocol)."""
     import pandas as pd
 
     path = Path(results_dir) / RUNS_CSV
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     check_runs(results_dir)
-    return pd.read_csv(path)
+    df = pd.read_csv(path, dtype={k: str for k in TEXT_DEFAULTS})
+    for col, default in TEXT_DEFAULTS.items():
+        df[col] = df[col].fillna(default) if col in df.columns else default
+    return df
 
 
 def folder_rows(results_dir: Path, folder: Path) -> list[dict]:
