@@ -74,7 +74,7 @@ SCALES ?= 5,10,20
 SCALES_K30 ?= 30
 NFES_TABLE_K30 ?= 10,25
 BATCHES ?= 5,10,50,100
-# table-learned: D-ODE and the learned solvers of IIA and S4S on one base solver, and each model's
+# table-learned: the learned solvers on one base solver, un-learned base solvers, and each model's
 # reference solver ("teacher" of the table: SOLVER:NFE; 200 Heun steps spend 399 NFE).
 NFES_LEARNED ?= $(PAPER_LEARNED_NFE)
 LEARNED_SOLVER ?= $(PAPER_LEARNED_SOLVER)

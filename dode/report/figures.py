@@ -142,7 +142,8 @@ def learned_vs_nfe(curves: pd.DataFrame, lines: Sequence[Line], reference: tuple
         if np.isfinite(std):
             ax.axhspan(mean - std, mean + std, color="0.3", alpha=0.15, lw=0)
         if goal is not None:
-            ax.axhline(goal[1] * mean, color="0.3", lw=1.0, ls=":", label=f"{goal[1]:g}× reference (goal at NFE {goal[0]})")
+            ax.axhline(goal[1] * mean, color="0.3", lw=1.0, ls=":",
+                       label=f"{goal[1]:g}× reference (goal at NFE {goal[0]})")
             vals.append(goal[1] * mean)
         vals.append(mean)
     _log_y(ax, vals)

@@ -149,7 +149,8 @@ def test_runs_learned_runs_each_base_at_the_learned_nfe_on_both_models():
         runs = [c for c in make_commands("runs-learned") if f"checkpoint={ck}" in c and "distill=none" in c]
         by_solver = {next(a for a in c if a.startswith("solver=")): c for c in runs}
         assert {"solver=unipc3_bh2", "solver=dpmpp2m"} <= set(by_solver)
-        assert nfe in by_solver["solver=unipc3_bh2"] and not any("solver.grid" in a for a in by_solver["solver=unipc3_bh2"])
+        unipc = by_solver["solver=unipc3_bh2"]
+        assert nfe in unipc and not any("solver.grid" in a for a in unipc)
         assert nfe in by_solver["solver=dpmpp2m"] and "solver.grid=dmn" in by_solver["solver=dpmpp2m"]
     runs = [c for c in make_commands("runs-learned", "LEARNED_BASES=ipndm@logsnr") if "distill=none" in c]
     assert [a for c in runs for a in c if a.startswith("solver.grid=")] == ["solver.grid=logsnr"] * 2
