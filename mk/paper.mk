@@ -7,7 +7,7 @@
 #
 #   make paper                                    # everything, on the embedded digits models (CPU)
 #   make table-formulations                       # one table
-#   make table-learned                            # D-ODE vs IIA, S4S, S4S-Alt and the teacher
+#   make table-learned                            # the learned solvers, un-learned bases and the teacher
 #   make fig-fid-nfe DATASET=cifar10              # the paper's settings on a real checkpoint
 #   make fig-fid-nfe DATASET=cifar10 CHECKPOINT=ddpm-cifar10 EDM_CHECKPOINT=edm-cifar10-32x32-uncond-vp
 #
@@ -74,12 +74,14 @@ SCALES ?= 5,10,20
 SCALES_K30 ?= 30
 NFES_TABLE_K30 ?= 10,25
 BATCHES ?= 5,10,50,100
-# table-learned: D-ODE and the learned solvers of IIA and S4S on one base solver, and each model's
+# table-learned: the learned solvers on one base solver, un-learned base solvers, and each model's
 # reference solver ("teacher" of the table: SOLVER:NFE; 200 Heun steps spend 399 NFE).
 NFES_LEARNED ?= $(PAPER_LEARNED_NFE)
 LEARNED_SOLVER ?= $(PAPER_LEARNED_SOLVER)
 # the learned methods (conf/paper.yaml; S4S with the digits classifier's features on digits only)
 LEARNED ?= $(PAPER_LEARNED)
+# un-learned base solvers shown next to them (conf/paper.yaml learned.bases): SOLVER or SOLVER@GRID (solver.grid)
+LEARNED_BASES ?= $(PAPER_LEARNED_BASES)
 TEACHER_NOISE ?= $(PAPER_TEACHER_NOISE)
 TEACHER_EDM ?= $(PAPER_TEACHER_EDM)
 LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teacher-noise $(TEACHER_NOISE) \
@@ -144,16 +146,21 @@ else ifneq ($(CHECKPOINT),)
 	$(RUN) 'seeds=[0]' $(NOISE_MODEL) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
 endif
 
-# Learned solvers (IIA, S4S, S4S-Alt) next to D-ODE and the base solver over NFE, on both models, and
-# each model's reference solver once (digits-ddpm: 1000 DDIM steps; digits-edm: 200 Heun steps).
+# The learned solvers next to their base solver over NFE, on both models; the un-learned base solvers
+# of LEARNED_BASES at the same NFE; and each model's reference solver once (digits-ddpm: 1000 DDIM
+# steps; digits-edm: 200 Heun steps).
 teacher_args = solver=$(word 1,$(subst :, ,$(1))) nfe=$(word 2,$(subst :, ,$(1))) distill=none
+base_args = solver=$(word 1,$(subst @, ,$(1))) distill=none$(if $(word 2,$(subst @, ,$(1))), solver.grid=$(word 2,$(subst @, ,$(1))))
+bases_of = $(foreach b,$(subst $(comma), ,$(LEARNED_BASES)),$(RUN) $(RUN_SEEDS) $(1) $(call base_args,$(b)) 'nfe=[$(NFES_LEARNED)]' &&) true
 runs-learned:
 ifneq ($(CHECKPOINT),)
 	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(call bases_of,$(NOISE_MODEL))
 	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) $(call teacher_args,$(TEACHER_NOISE))
 endif
 ifneq ($(EDM_CHECKPOINT),)
 	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(call bases_of,$(EDM_MODEL))
 	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) $(call teacher_args,$(TEACHER_EDM))
 endif
 

@@ -1,6 +1,7 @@
 """The rows behind the tables: ``runs.csv`` with the run folders it names, row selection, statistics.
 
-Rows are selected per table: the dataset and checkpoint, one metric and one ``num_samples`` (the
+Rows are selected per table: the dataset and checkpoint, one solver grid (runs.csv's ``grid``: ""
+— the paper protocol — unless a table asks for another), one metric and one ``num_samples`` (the
 most common, so a quick smoke run never mixes in), K and B of the table and the λ fit of one fit
 seed — or, for the ablations, each evaluation seed paired with its own fit (``fit_seed == seed``).
 """
@@ -111,11 +112,11 @@ def _fit_rows(d: pd.DataFrame, opt: Options, paired: bool, scale: int | None, ba
 
 
 def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool = False,
-           scale: int | None = None, batch: int | None = None) -> tuple[pd.DataFrame, Selection]:
-    """The rows of one table: dataset, checkpoint, one metric (``opt.metric`` or the most common), one
-    num_samples (likewise); base rows, and fitted rows as :func:`_fit_rows` keeps them; one per cell
-    and seed (:func:`newest_runs`)."""
-    d = df[df["dataset"].astype(str) == opt.dataset]
+           scale: int | None = None, batch: int | None = None, grid: str = "") -> tuple[pd.DataFrame, Selection]:
+    """The rows of one table: dataset, checkpoint, solver grid ``grid`` (runs.csv's column; "": the
+    paper protocol), one metric (``opt.metric`` or the most common), one num_samples (likewise); base
+    rows, and fitted rows as :func:`_fit_rows` keeps them; one per cell and seed (:func:`newest_runs`)."""
+    d = df[(df["dataset"].astype(str) == opt.dataset) & (df["grid"] == grid)]
     if checkpoint is not None:
         d = d[d["checkpoint"].astype(str) == checkpoint]
     if d.empty:

@@ -111,33 +111,44 @@ def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str) -> Non
     fig.text(0.01, -0.02, _wrap(caption, 120), fontsize=7, va="top")
 
 
-def learned_vs_nfe(curves: pd.DataFrame, solver: str, methods: Sequence[str], reference: tuple | None,
-                   goal_ratio: float, title: str, caption: str, ylabel: str, stem: Path) -> list[Path]:
-    """Metric vs NFE of the base solver (dashed) and each of ``methods`` (solid; dash-dotted with the
-    feature distance; colour by position in ``methods``), bars = std over seeds; the model's reference
-    solver ``(mean, std, label)`` as a horizontal line with its ± std band, and the line at
-    ``goal_ratio``× it (dotted)."""
+@dataclass(frozen=True)
+class Line:
+    """One curve of :func:`learned_vs_nfe`: its rows (``curves["row"] == key``), legend label, line
+    style and colour (None: by position)."""
+
+    key: str
+    label: str
+    ls: str = "-"
+    color: str | None = None
+
+
+def learned_vs_nfe(curves: pd.DataFrame, lines: Sequence[Line], reference: tuple | None,
+                   goal: tuple[int, float] | None, title: str, caption: str, ylabel: str, stem: Path) -> list[Path]:
+    """Metric vs NFE of each of ``lines`` (``curves``: mean and std per row and NFE), bars = std over
+    seeds; the model's reference solver ``(mean, std, label)`` as a horizontal line with its ± std band,
+    and ``goal = (nfe, ratio)``: the line at ratio × it (dotted)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.2, 4.8))
     vals = list(curves["mean"].astype(float))
-    for i, m in enumerate(methods):
-        g = curves[curves["distill"] == m].sort_values("nfe")
+    for i, line in enumerate(lines):
+        g = curves[curves["row"] == line.key].sort_values("nfe")
         if g.empty:
             continue
-        base = m == "none"
-        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color="k" if base else COLORS[(i - 1) % len(COLORS)],
-                    ls="--" if base else "-." if m.endswith("_fd") else "-", marker="o" if base else "s", ms=4,
-                    lw=1.5, capsize=2, label=method_label(solver, m))
+        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color=line.color or COLORS[i % len(COLORS)],
+                    ls=line.ls, marker="o" if line.ls == "--" else "s", ms=4, lw=1.5, capsize=2, label=line.label)
     if reference is not None:
         mean, std, label = reference
         ax.axhline(mean, color="0.3", lw=1.2, label=f"reference: {label}")
         if np.isfinite(std):
             ax.axhspan(mean - std, mean + std, color="0.3", alpha=0.15, lw=0)
-        ax.axhline(goal_ratio * mean, color="0.3", lw=1.0, ls=":", label=f"{goal_ratio:g}× reference")
-        vals += [mean, goal_ratio * mean]
+        if goal is not None:
+            ax.axhline(goal[1] * mean, color="0.3", lw=1.0, ls=":",
+                       label=f"{goal[1]:g}× reference (goal at NFE {goal[0]})")
+            vals.append(goal[1] * mean)
+        vals.append(mean)
     _log_y(ax, vals)
-    _nfe_axes(fig, ax, curves["nfe"], ylabel, title, caption + ". Dashed: base solver; dash-dotted: S4S with the "
-              "feature distance; bars: ± std over seeds; grey: reference ± std.")
+    _nfe_axes(fig, ax, curves["nfe"], ylabel, title, caption + ". Dashed: un-learned base solvers (black: the learned "
+              "methods' own); dash-dotted: the feature distance; bars: ± std over seeds; grey: reference ± std.")
     return save(fig, stem)
 
 

@@ -11,6 +11,9 @@ from functools import lru_cache
 from dode.runner.config import display_label, group_option
 
 METRIC_LABELS = {"fd_digits": "FD-digits", "fid50k": "FID", "fid": "FID"}
+# solver.grid spacings (dode.core.protocols) as the tables name them; others by their runs.csv text
+GRID_LABELS = {"dmn": "DMN", "edm": "EDM", "logsnr": "logSNR", "time_uniform": "time-uniform",
+               "time_quadratic": "time-quadratic", "uniform_torch": "uniform (torch)", "explicit": "explicit σ"}
 
 
 def metric_label(metric: str | None) -> str:
@@ -31,6 +34,12 @@ def method_label(solver: str, distill: str) -> str:
     s = solver_label(solver)
     template = group_option("distill", distill).get("label")
     return display_label(template, s) if template else f"{s} + {distill}"
+
+
+def base_label(solver: str, grid: str = "") -> str:
+    """An un-learned base solver on a grid (runs.csv's ``grid``): ``"DPM-Solver++(2M), DMN grid"``;
+    the solver's label alone on the protocol's grid (``grid == ""``)."""
+    return f"{solver_label(solver)}, {GRID_LABELS.get(grid, grid)} grid" if grid else solver_label(solver)
 
 
 def reference_label(solver: str, nfe: int) -> str:

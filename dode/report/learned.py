@@ -1,9 +1,12 @@
-"""table-learned: D-ODE next to the learned solvers of IIA (Zhang et al. 2024) and S4S / S4S-Alt
-(Frankel et al. 2025) on one base solver, over NFE, with each method's fit time and each model's
-reference solver (the "teacher"); the goal: the best learned solver at the protocol's ``goal_nfe``
-within ``goal_ratio``× the reference's metric (conf/paper.yaml)."""
+"""table-learned: the learned few-step solvers of conf/paper.yaml (D-ODE, IIA, S4S / S4S-Alt, LD3,
+GITS, AMED-Plugin, PAS, …) on one base solver, over NFE, next to that base solver, the un-learned base
+solvers of ``learned.bases`` (e.g. UniPC, DPM-Solver++(2M) on the DMN grid) and each model's reference
+solver (the "teacher"), with each method's fit time; the verdicts on ``learned.goals`` (NFE → the
+largest ratio of the best learned method to the reference) and on every learned method being at least
+as good as its base solver."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,21 +15,46 @@ import pandas as pd
 
 from dode.report import figures
 from dode.report.data import Selection, select
-from dode.report.labels import method_label, metric_label, reference_label, solver_label
+from dode.report.labels import base_label, method_label, metric_label, reference_label, solver_label
 from dode.report.options import Options
 from dode.report.protocol import SolverNFE, protocol, s4s_teacher
 from dode.report.registry import artifact
 from dode.report.tables import (Cell, Table, caption_common, cell, fit_seconds, fit_value, long_form, minimum,
                                 present_nfes, rows_of, stem, write_tables)
 
-FIT_CAPTION = ("`fit_seconds` of the run: D-ODE one teacher and one student run; IIA one student run plus the fine "
-               "solver from every step; S4S the teacher samples plus Adam through the student; S4S-Alt also the grid "
-               "searches. Measured on the machine that ran dode-run (results/README.md).")
+FIT_CAPTION = ("`fit_seconds` of the run: what the method spends before sampling (teacher samples or trajectories, "
+               "the fit, any grid search), measured on the machine that ran dode-run (results/README.md).")
 
 
 def learned_methods() -> tuple[str, ...]:
-    """The rows of table-learned, in order: the base solver, then ``conf/paper.yaml``'s learned methods."""
+    """The rows of table-learned on the learned solver, in order: the base solver, then ``conf/paper.yaml``'s
+    learned methods."""
     return ("none", *protocol().learned_methods)
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of table-learned: ``key`` (the frame's ``row`` column), its label, and the runs it shows:
+    ``solver`` with ``distill`` on the solver grid ``grid`` (runs.csv's column; "": the protocol's)."""
+
+    key: str
+    label: str
+    solver: str
+    distill: str
+    grid: str = ""
+
+    @property
+    def learned(self) -> bool:
+        """A learned method (a base solver is not, whichever grid it runs on)."""
+        return self.distill != "none"
+
+
+def table_rows(solver: str) -> list[Row]:
+    """The learned solver's own row, the un-learned bases of ``learned.bases``, then the learned methods."""
+    own = [Row(m, method_label(solver, m), solver, m) for m in learned_methods()]
+    bases = [Row(f"base:{b.text}", base_label(b.solver, b.grid), b.solver, "none", b.grid) for b in protocol().bases
+             if (b.solver, b.grid) != (solver, "")]
+    return own[:1] + bases + own[1:]
 
 
 @dataclass
@@ -44,12 +72,12 @@ class Reference:
         return reference_label(self.solver, self.nfe)
 
 
-@artifact("table-learned", "D-ODE next to the learned solvers IIA, S4S and S4S-Alt on one base solver over NFE, "
-          "with fit times, each model's reference solver and the goal of conf/paper.yaml; plus a figure",
+@artifact("table-learned", "the learned solvers on one base solver over NFE, next to it, the un-learned base solvers "
+          "of conf/paper.yaml and each model's reference solver, with fit times and the goals; plus a figure",
           sweep="runs-learned")
 def table_learned(runs: pd.DataFrame, opt: Options) -> list[Path]:
-    """Base solver, D-ODE, IIA, S4S and S4S-Alt over NFE on each model, with their fit times and the
-    model's reference solver; the best learned method at the goal NFE against the goal ratio × it."""
+    """The learned methods, their base solver and the un-learned bases over NFE on each model, with their
+    fit times and the model's reference solver; the verdicts on the goals."""
     out = []
     for role, ck in (("noise", opt.checkpoint), ("edm", opt.edm_checkpoint)):
         if ck:
@@ -63,93 +91,133 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
     d, info = select(runs, opt, ck, scale=opt.scale, batch=opt.batch)
     ref_rows = rows_of(d, distill="none", solver=teacher[0], nfe=teacher[1])
     ref = Reference(*teacher, ref_rows, cell(ref_rows, with_min))
-    d = d[(d["solver"] == s) & d["distill"].isin(learned_methods())]
-    if not d["distill"].isin([m for m in learned_methods() if m not in ("none", "dode")]).any():
+    own = d[(d["solver"] == s) & d["distill"].isin(learned_methods())]
+    if not own["distill"].isin([m for m in learned_methods() if m not in ("none", "dode")]).any():
         opt.say(f"table-learned: no {s} runs of IIA or S4S of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; "
                 "skipped")
         return []
+    rows = table_rows(s)
+    same = dataclasses.replace(opt, metric=info.metric, num_samples=info.num_samples)  # a base on its own grid
+    parts = [own.assign(row=own["distill"])]
+    for r in (r for r in rows if r.key.startswith("base:")):
+        g = select(runs, same, ck, grid=r.grid)[0] if r.grid else d
+        parts.append(rows_of(g, solver=r.solver, distill="none").assign(row=r.key))
+    d = pd.concat(parts, ignore_index=True)
     nfes = present_nfes(d, opt.nfe or protocol().learned_nfe)
     d = d[d["nfe"].isin(nfes)]
-    curves = long_form(d, ["distill", "nfe"], with_min)
+    rows = [r for r in rows if (d["row"] == r.key).any()]
+    order = {r.key: i for i, r in enumerate(rows)}
+    curves = long_form(d, ["row", "nfe"], with_min)
+    curves = curves.iloc[np.lexsort((curves["nfe"], curves["row"].map(order)))].reset_index(drop=True)
     name = stem("learned", opt, ck)
-    tables = _learned_tables(d, curves, ref, nfes, info, opt, ck, name)
-    data = _learned_csv(d, curves, ref, s, with_min)
+    tables = _learned_tables(d, curves, ref, rows, nfes, info, opt, ck, name)
+    data = _learned_csv(d, curves, ref, rows, with_min)
     metric = metric_label(info.metric)
+    lines = [figures.Line(r.key, r.label, "--" if not r.learned else "-." if r.distill.endswith("_fd") else "-",
+                          "k" if r.key == "none" else None) for r in rows]
+    goals = protocol().goals
+    goal = min(goals.items(), key=lambda kv: kv[1]) if goals else None  # the tightest goal's line
     return write_tables(opt, name, tables, data) + figures.learned_vs_nfe(
-        curves, s, learned_methods(), (ref.cell.mean, ref.cell.std, ref.label) if ref.cell.n else None,
-        protocol().goal_ratio, f"{metric} of learned solvers vs NFE — {opt.dataset} · {ck}",
+        curves, lines, (ref.cell.mean, ref.cell.std, ref.label) if ref.cell.n else None,
+        goal, f"{metric} of learned solvers vs NFE — {opt.dataset} · {ck}",
         caption_common(info, d["seed"].unique()), metric, opt.figures / name)
 
 
-def _caption(d: pd.DataFrame, info: Selection, opt: Options, ck: str, name: str) -> str:
+def _caption(d: pd.DataFrame, rows: list[Row], info: Selection, opt: Options, ck: str, name: str) -> str:
     t_solver, t_nfe = s4s_teacher()
     teacher = "Heun" if t_solver == "heun" else solver_label(t_solver)
+    learned = ", ".join(r.label for r in rows if r.learned)
+    bases = [r.label for r in rows if r.key.startswith("base:")]
     return (caption_common(info, d["seed"].unique(), opt.with_min(ck))
-            + f"; every method on {solver_label(opt.learned_solver)}: the "
-            f"base solver, D-ODE (K = {opt.scale}), IIA (M = K fine sub-steps per step), S4S and S4S-Alt (teacher "
-            f"{teacher}, {t_nfe} NFE; distance L2, or \"features\": the digits classifier's features, the network of "
-            f"FD-digits); every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit per cell, "
-            "so the spread is that of the evaluation seeds. The reference row is one run of the model's reference "
+            + f"; the learned methods on {solver_label(opt.learned_solver)} (its own row first): {learned} "
+            f"(K = {opt.scale} where a method refines a teacher; S4S's teacher {teacher}, {t_nfe} NFE; \"features\": "
+            "the digits classifier's features, the network of FD-digits)"
+            + (f"; un-learned base solvers at the same NFE: {', '.join(bases)}" if bases else "")
+            + f"; every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit per cell, so the "
+            "spread is that of the evaluation seeds. The reference row is one run of the model's reference "
             f"solver, repeated in each column. Figure: figures/{name}.png")
 
 
-def _learned_tables(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, nfes: list[int], info: Selection,
-                    opt: Options, ck: str, name: str) -> list[Table]:
-    """The methods over NFE (with the goal), their ratio to the reference, their fit times."""
-    s, header = opt.learned_solver, ["NFE"] + nfes
-    methods = [m for m in learned_methods() if (d["distill"] == m).any()]
-    cells = {m: [cell(rows_of(d, distill=m, nfe=n), opt.with_min(ck)) for n in nfes] for m in methods}
-    rows = [[method_label(s, m)] + [c.text for c in cells[m]] for m in methods]
-    rows += [[f"reference: {ref.label}"] + [ref.cell.text] * len(nfes)] if ref.cell.n else []
-    notes = [_goal(curves, s, ref, info)] if protocol().goal_nfe in nfes else []
-    caption = _caption(d, info, opt, ck, name)
-    tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", header, rows, caption, notes)]
+def _learned_tables(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, rows: list[Row], nfes: list[int],
+                    info: Selection, opt: Options, ck: str, name: str) -> list[Table]:
+    """The rows over NFE (with the verdicts), their ratio to the reference, the fit times."""
+    header = ["NFE"] + nfes
+    cells = {r: [cell(rows_of(d, row=r.key, nfe=n), opt.with_min(ck)) for n in nfes] for r in rows}
+    table = [[r.label] + [c.text for c in cells[r]] for r in rows]
+    table += [[f"reference: {ref.label}"] + [ref.cell.text] * len(nfes)] if ref.cell.n else []
+    notes = [_goal(curves, rows, n, ratio, ref, info) for n, ratio in protocol().goals.items()]
+    notes.append(_not_worse(curves, rows, nfes))
+    caption = _caption(d, rows, info, opt, ck, name)
+    tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", header, table, caption, notes)]
     if ref.cell.n:
-        tables.append(_ratio_table(cells, ref, s, header))
-    return tables + _fit_table(d, [m for m in methods if m != "none"], s, nfes)
+        tables.append(_ratio_table(cells, ref, header))
+    return tables + _fit_table(d, [r for r in rows if r.learned], nfes)
 
 
-def _fit_table(d: pd.DataFrame, methods: list[str], solver: str, nfes: list[int]) -> list[Table]:
+def _fit_table(d: pd.DataFrame, rows: list[Row], nfes: list[int]) -> list[Table]:
     """The fit time of each learned method per NFE (no table without one)."""
-    fits = [[method_label(solver, m)] + [fit_seconds(rows_of(d, distill=m, nfe=n)) for n in nfes] for m in methods]
+    fits = [[r.label] + [fit_seconds(rows_of(d, row=r.key, nfe=n)) for n in nfes] for r in rows]
     return [Table("Fit time [s]", ["NFE"] + nfes, fits, FIT_CAPTION)] if fits else []
 
 
-def _ratio_table(cells: dict[str, list[Cell]], ref: Reference, solver: str, header: list) -> Table:
-    """Each method's mean over seeds divided by the reference's, per NFE."""
-    ratios = [[method_label(solver, m)] + [_ratio(c.mean, ref.cell.mean) for c in row] for m, row in cells.items()]
+def _ratio_table(cells: dict[Row, list[Cell]], ref: Reference, header: list) -> Table:
+    """Each row's mean over seeds divided by the reference's, per NFE."""
+    ratios = [[r.label] + [_ratio(c.mean, ref.cell.mean) for c in row] for r, row in cells.items()]
     return Table(f"Ratio to the reference ({ref.label}: {ref.cell.text})", header, ratios,
                  "Mean over seeds divided by the reference's mean.")
 
 
-def _learned_csv(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, solver: str,
+def _learned_csv(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, rows: list[Row],
                  with_min: bool = False) -> pd.DataFrame:
-    """``curves`` with each method's label and fit time, then the reference's row."""
-    curves.insert(0, "method", [method_label(solver, x) for x in curves["distill"]])
-    curves["fit_seconds"] = [fit_value(rows_of(d, distill=r.distill, nfe=r.nfe)) for r in curves.itertuples()]
+    """``curves`` with each row's label, solver, distill, grid and fit time, then the reference's row."""
+    by = {r.key: r for r in rows}
+    out = curves.drop(columns="row")
+    for i, col in enumerate(("method", "solver", "distill", "grid")):
+        out.insert(i, col, [getattr(by[k], "label" if col == "method" else col) for k in curves["row"]])
+    out["fit_seconds"] = [fit_value(rows_of(d, row=k, nfe=n)) for k, n in zip(curves["row"], curves["nfe"])]
     low = {"min": minimum(ref.rows["value"].astype(float))} if with_min else {}
-    reference = pd.DataFrame([{"method": f"reference: {ref.label}", "distill": "none", "nfe": ref.nfe,
-                               "mean": ref.cell.mean, "std": ref.cell.std, **low, "n": ref.cell.n,
+    reference = pd.DataFrame([{"method": f"reference: {ref.label}", "solver": ref.solver, "distill": "none",
+                               "grid": "", "nfe": ref.nfe, "mean": ref.cell.mean, "std": ref.cell.std, **low,
+                               "n": ref.cell.n,
                                "seeds": " ".join(str(int(x)) for x in sorted(ref.rows["seed"].unique()))}]) \
         if ref.cell.n else pd.DataFrame()
-    return pd.concat([curves, reference], ignore_index=True)
+    return pd.concat([out, reference], ignore_index=True)
 
 
 def _ratio(value: float, ref: float) -> str:
     return f"{value / ref:.2f}×" if np.isfinite(value) and np.isfinite(ref) and ref > 0 else "—"
 
 
-def _goal(curves: pd.DataFrame, solver: str, ref: Reference, info: Selection) -> str:
-    """The goal line: the best learned method at the goal NFE (``curves``: mean per distill and NFE)
-    against the goal ratio × the reference."""
-    p = protocol()
-    at = curves[(curves["nfe"] == p.goal_nfe) & (curves["distill"] != "none") & (curves["n"] > 0)]
-    means = dict(zip(at["distill"], at["mean"].astype(float)))
-    if not means or not ref.cell.n:
-        return f"Goal (best learned solver at NFE {p.goal_nfe} within {p.goal_ratio:g}× the reference): not measured."
-    best = min(means, key=means.get)
-    ratio = means[best] / ref.cell.mean
-    verdict = "met" if ratio <= p.goal_ratio else "not met"
-    return (f"Goal (best learned solver at NFE {p.goal_nfe} within {p.goal_ratio:g}× the reference's "
-            f"{metric_label(info.metric)}): **{verdict}** — {method_label(solver, best)} "
-            f"{means[best]:.2f} vs reference {ref.cell.mean:.2f}, ratio {ratio:.2f}.")
+def _means(curves: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """(row, NFE) → the mean over seeds, for the cells with runs."""
+    c = curves[curves["n"] > 0]
+    return {(k, int(n)): float(m) for k, n, m in zip(c["row"], c["nfe"], c["mean"])}
+
+
+def _goal(curves: pd.DataFrame, rows: list[Row], nfe: int, goal: float, ref: Reference, info: Selection) -> str:
+    """The verdict on one goal: the best learned method at ``nfe`` (base rows are not learned) within
+    ``goal``× the reference's mean, i.e. min_m mean_m(nfe) / mean_ref ≤ goal."""
+    means = _means(curves)
+    at = {r: means[(r.key, nfe)] for r in rows if r.learned and (r.key, nfe) in means}
+    what = f"Goal (best learned solver at NFE {nfe} within {goal:g}× the reference's {metric_label(info.metric)})"
+    if not at or not ref.cell.n:
+        return f"{what}: not measured."
+    best = min(at, key=at.get)
+    ratio = at[best] / ref.cell.mean
+    verdict = "met" if ratio <= goal else "not met"
+    return (f"{what}: **{verdict}** — {best.label} {at[best]:.2f} vs reference {ref.cell.mean:.2f}, "
+            f"ratio {ratio:.2f}.")
+
+
+def _not_worse(curves: pd.DataFrame, rows: list[Row], nfes: list[int]) -> str:
+    """Whether every learned method's mean over seeds is at most its base solver's (the ``none`` row) at
+    every NFE both were run at, with the exceptions (``method@NFE``)."""
+    means = _means(curves)
+    base = rows[0] if rows and rows[0].key == "none" else None
+    pairs = [(r, n) for r in rows if r.learned for n in nfes
+             if base and (r.key, n) in means and (base.key, n) in means]
+    what = f"Every learned method at least as good as the base solver ({base.label if base else '—'}) at every NFE"
+    if not pairs:
+        return f"{what}: not measured."
+    worse = [f"{r.label}@{n}" for r, n in pairs if means[(r.key, n)] > means[(base.key, n)]]
+    return f"{what}: **{'no' if worse else 'yes'}**" + (f" — {', '.join(worse)}." if worse else ".")

@@ -28,6 +28,29 @@ class Models:
 
 
 @dataclass(frozen=True)
+class BaseSolver:
+    """An un-learned base solver row of table-learned: ``solver`` on the protocol's grid, or on the
+    spacing ``grid`` (``solver.grid``; runs.csv's ``grid`` column); written ``solver`` or ``solver@grid``."""
+
+    solver: str
+    grid: str = ""
+
+    @property
+    def text(self) -> str:
+        """``"dpmpp2m@dmn"``, or the solver alone on the protocol's grid."""
+        return f"{self.solver}@{self.grid}" if self.grid else self.solver
+
+
+def parse_base(text: str) -> BaseSolver:
+    """``"unipc3_bh2"`` or ``"dpmpp2m@dmn"`` → :class:`BaseSolver`; ValueError for anything else."""
+    solver, _, grid = str(text).partition("@")
+    if not solver or "@" in grid or (_ and not grid) or any(c.isspace() or c == "," for c in str(text)):
+        raise ValueError(f"conf/paper.yaml: learned.bases: expected SOLVER or SOLVER@GRID (e.g. dpmpp2m@dmn), "
+                         f"got {text!r}")
+    return BaseSolver(solver, grid)
+
+
+@dataclass(frozen=True)
 class Protocol:
     """``conf/paper.yaml`` (see its comments)."""
 
@@ -43,8 +66,8 @@ class Protocol:
     digits_only: tuple[str, ...]      # of those, the ones swept on the digits models only
     learned_nfe: tuple[int, ...]
     teachers: dict[str, SolverNFE]   # model role ("noise", "edm") → reference solver
-    goal_nfe: int
-    goal_ratio: float
+    goals: dict[int, float]          # NFE → the largest ratio of the best learned method to the reference
+    bases: tuple[BaseSolver, ...] = ()  # un-learned base solvers shown after the learned solver's own row
     aggregate: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # dataset → part → statistics
 
     def statistics(self, dataset: str, part: str) -> tuple[str, ...]:
@@ -108,7 +131,8 @@ def protocol() -> Protocol:
         learned_solver=str(learned["solver"]), learned_methods=tuple(learned["methods"]),
         digits_only=tuple(learned["digits_only"]), learned_nfe=_ints(learned["nfe"]),
         teachers={role: parse_solver_nfe(v) for role, v in learned["teachers"].items()},
-        goal_nfe=int(learned["goal_nfe"]), goal_ratio=float(learned["goal_ratio"]),
+        goals={int(n): float(r) for n, r in learned["goals"].items()},
+        bases=tuple(parse_base(b) for b in learned.get("bases") or ()),
         aggregate=parse_aggregate(c.get("aggregate")))
 
 

@@ -29,13 +29,14 @@ KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples",
            "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode",
-           "nfe_convention"]
+           "nfe_convention", "grid"]
 # what the `nfe` of a row counts; a paper counting network passes reports 2 × a `guided` row's nfe
 NFE_CONVENTIONS = {
     "network": "one NFE = one network evaluation of the batch (no guidance)",
     "guided": "one NFE = one guided evaluation D_w = D(∅) + w·(D(c) − D(∅)), one network call on the doubled "
               "batch [x; x] (two network passes per sample)",
 }
+TEXT_DEFAULTS = {"grid": ""}  # text columns newer than some runs.csv files: their value in an older file
 
 
 class CorruptRunsCsv(UserError, ValueError):
@@ -52,6 +53,19 @@ def nfe_convention(checkpoint: Mapping) -> str:
     return "guided" if (checkpoint.get("guidance") or {}).get("scale") is not None else "network"
 
 
+def grid_text(solver: dict) -> str:
+    """The ``grid`` column: how a run's solver grid differs from the paper protocol's — ``""`` for
+    the default (``solver.protocol: paper``, no ``grid``/``endpoint``/``inner``), else the spacing of
+    ``solver.grid`` (``dmn``, ``edm``, ``logsnr``, …) or ``explicit`` for a list of σ, followed by
+    ``protocol=…``, ``endpoint=…``, ``inner=…`` where those are set (``"dmn"``, ``"protocol=dode"``)."""
+    g = solver.get("grid")
+    parts = ["explicit" if isinstance(g, (list, tuple)) else str(g)] if g is not None else []
+    if str(solver.get("protocol") or "paper") != "paper":
+        parts.append(f"protocol={solver['protocol']}")
+    parts += [f"{k}={solver[k]}" for k in ("endpoint", "inner") if solver.get(k) is not None]
+    return " ".join(parts)
+
+
 def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: float | None) -> dict:
     """The runs.csv row of one seed of ``point`` (K, B and the fit seed only for fitted corrections)."""
     c = point.choices
@@ -66,6 +80,7 @@ def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: fl
         "fit_seed": point.fit_seed if fits else None, "run_dir": str(folder),
         "mode": result.get("mode"),  # the FID mode (clean, legacy_tensorflow, legacy_pytorch); none for FD-digits
         "nfe_convention": nfe_convention(point.checkpoint),
+        "grid": grid_text(point.solver),
     }
 
 
@@ -159,14 +174,18 @@ def _write_table(path: Path, table: Any) -> None:
 
 def read_runs(results_dir: str | Path) -> Any:
     """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none);
-    a corrupt file is a :class:`CorruptRunsCsv`."""
+    a corrupt file is a :class:`CorruptRunsCsv`. A file older than a text column of
+    :data:`TEXT_DEFAULTS` reads with that column's default (``grid``: ``""``, the paper protocol)."""
     import pandas as pd
 
     path = Path(results_dir) / RUNS_CSV
     if not path.exists():
         return pd.DataFrame(columns=COLUMNS)
     check_runs(results_dir)
-    return with_conventions(pd.read_csv(path), Path(results_dir))
+    df = pd.read_csv(path, dtype={k: str for k in TEXT_DEFAULTS})
+    for col, default in TEXT_DEFAULTS.items():
+        df[col] = df[col].fillna(default) if col in df.columns else default
+    return with_conventions(df, Path(results_dir))
 
 
 def _folder_convention(run_dir: str, results_dir: Path) -> str | None:

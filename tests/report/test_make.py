@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dode.report import cli
+from dode.report.protocol import protocol
 from dode.report.render import ARTIFACTS
 from dode.runner.points import points_from_overrides
 
@@ -137,6 +138,22 @@ def test_fig_samples_falls_back_to_the_noise_model():
     assert len(runs) == 1 and "checkpoint=ddpm-celeba64" in runs[0] and "solver=ddim" in runs[0]
     for job in compose_jobs(runs[0]):
         assert _points(job, with_files=False)
+
+
+@needs_make
+def test_runs_learned_runs_each_base_at_the_learned_nfe_on_both_models():
+    """conf/paper.yaml's learned.bases (SOLVER or SOLVER@GRID) reach dode-run through `query make`:
+    distill=none, solver.grid only where given, the learned NFE, both models; LEARNED_BASES overrides."""
+    nfe = "nfe=[" + ",".join(map(str, protocol().learned_nfe)) + "]"
+    for ck in ("digits-ddpm", "digits-edm"):
+        runs = [c for c in make_commands("runs-learned") if f"checkpoint={ck}" in c and "distill=none" in c]
+        by_solver = {next(a for a in c if a.startswith("solver=")): c for c in runs}
+        assert {"solver=unipc3_bh2", "solver=dpmpp2m"} <= set(by_solver)
+        unipc = by_solver["solver=unipc3_bh2"]
+        assert nfe in unipc and not any("solver.grid" in a for a in unipc)
+        assert nfe in by_solver["solver=dpmpp2m"] and "solver.grid=dmn" in by_solver["solver=dpmpp2m"]
+    runs = [c for c in make_commands("runs-learned", "LEARNED_BASES=ipndm@logsnr") if "distill=none" in c]
+    assert [a for c in runs for a in c if a.startswith("solver.grid=")] == ["solver.grid=logsnr"] * 2
 
 
 @needs_make

@@ -48,6 +48,7 @@ def test_query_make_prints_the_protocol_and_each_artifacts_sweep(capsys):
     assert got["PAPER_ARTIFACTS"] == ",".join(ARTIFACTS)
     assert got["PAPER_CHECKPOINT"] == "ddpm-celeba64" and got["PAPER_EDM_CHECKPOINT"] == ""
     assert got["PAPER_TEACHER_NOISE"] == "ddim:1000" and got["PAPER_TEACHER_EDM"] == "heun:399"
+    assert got["PAPER_LEARNED_BASES"] == ",".join(b.text for b in protocol().bases) == "unipc3_bh2,dpmpp2m@dmn"
     assert all(got[f"PAPER_SWEEP_{a.name}"] == (a.sweep or "") for a in ARTIFACTS.values())
     assert " " not in "".join(got.values())  # make reads the words of $(shell ...)
     assert cli.main(["query", "artifacts"]) == 0
@@ -60,9 +61,22 @@ def test_paper_protocol_names_existing_configs():
     for models in p.checkpoints.values():
         for ck in (models.noise, models.edm):
             assert ck is None or group_option("checkpoint", ck), ck
-    for s in {*p.noise_solvers, *p.edm_solvers, p.learned_solver, *(t[0] for t in p.teachers.values())}:
+    for s in {*p.noise_solvers, *p.edm_solvers, p.learned_solver, *(t[0] for t in p.teachers.values()),
+              *(b.solver for b in p.bases)}:
         assert group_option("solver", s), s
+    assert p.goals == {5: 1.25, 4: 2.0}
     assert p.models("no-such-dataset").noise is None
+
+
+def test_a_learned_base_is_solver_or_solver_at_grid():
+    from dode.report.labels import base_label
+    from dode.report.protocol import BaseSolver, parse_base
+
+    assert parse_base("dpmpp2m@dmn") == BaseSolver("dpmpp2m", "dmn") and parse_base("unipc3_bh2").text == "unipc3_bh2"
+    for bad in ("dpmpp2m@", "@dmn", "a@b@c", "a b", "a,b"):
+        with pytest.raises(ValueError, match="SOLVER@GRID"):
+            parse_base(bad)
+    assert base_label("dpmpp2m", "dmn") == "DPM-Solver++(2M), DMN grid" and base_label("unipc3_bh2") == "UniPC-3 (bh2)"
 
 
 def test_runner_defaults_and_labels_come_from_the_runner_config():

@@ -21,18 +21,20 @@ from dode.report.tables import NOT_GIVEN, fmt_pm
 PAPER = sorted(Path("/work/shared/papers").glob("000_*.txt"))
 
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples", "metric",
-           "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir"]
+           "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "grid"]
 
 
 # ----------------------------------------------------------------------------------- synthetic runs
 REFERENCE_VALUE = {1000: 5.0, 399: 10.0}
 
 
-def value_of(solver, distill, nfe, seed, scale=10, batch=100, lam=None, fit_seed=0):
-    """A known value per row: base 100/nfe·10, D-ODE lower, seeds ±1 around the mean."""
+def value_of(solver, distill, nfe, seed, scale=10, batch=100, lam=None, fit_seed=0, grid=""):
+    """A known value per row: base 100/nfe·10, D-ODE lower, seeds ±1 around the mean; on the DMN grid
+    5 lower, on the EDM grid 1000 higher."""
     if nfe in REFERENCE_VALUE:  # the models' reference solvers (ddim 1000, heun 399)
         return REFERENCE_VALUE[nfe] + (seed - 1)
-    base = {"ddim": 200.0, "ipndm": 150.0, "heun": 300.0}[solver] / nfe
+    base = {"ddim": 200.0, "ipndm": 150.0, "heun": 300.0, "unipc3_bh2": 120.0, "dpmpp2m": 130.0}[solver] / nfe
+    base += {"": 0.0, "dmn": -5.0, "edm": 1000.0}[grid]
     off = {"none": 0.0, "dode": -0.3 * base, "dode_sep": 50.0, "dode_all": 80.0, "dode_2": 1.0, "iia": -0.2 * base,
            "s4s": -0.5 * base, "s4s_fd": -0.6 * base, "s4s_alt": -0.7 * base}.get(distill, 0.0)
     if distill in ("fixed", "lookahead"):
@@ -46,10 +48,10 @@ def make_results(root: Path, num_samples: int = 500) -> Path:
     rows = []
 
     def add(ck, solver, distill, nfe, seeds=(0, 1, 2), scale=10, batch=100, fit_seed=0, lam=None, n=num_samples,
-            paired=False):
+            paired=False, grid=""):
         fits = distill not in ("none", "fixed", "lookahead")
         name = f"{solver}-nfe{nfe}-{distill}" + (f"-K{scale}-B{batch}-f{fit_seed}" if fits else "") + \
-               (f"-lam{lam}" if lam is not None else "") + f"-n{n}"
+               (f"-lam{lam}" if lam is not None else "") + f"-n{n}" + (f"-{grid}" if grid else "")
         folder = root / "digits" / ck / name
         folder.mkdir(parents=True, exist_ok=True)
         if lam is not None:
@@ -59,10 +61,10 @@ def make_results(root: Path, num_samples: int = 500) -> Path:
             rows.append({"dataset": "digits", "checkpoint": ck, "solver": solver, "distill": distill, "nfe": nfe,
                          "scale": scale if fits else None, "batch": batch if fits else None, "seed": s,
                          "num_samples": n, "metric": "fd_digits",
-                         "value": value_of(solver, distill, nfe, s, scale, batch, lam, fs),
+                         "value": value_of(solver, distill, nfe, s, scale, batch, lam, fs, grid),
                          "fit_seconds": 2.0 + nfe / 10 if fits else None,
                          "sample_seconds": 0.01 * nfe * n / 100 * (1.0 + 0.1 * s), "metric_seconds": 0.1,
-                         "fit_seed": fs if fits else None, "run_dir": str(folder)})
+                         "fit_seed": fs if fits else None, "run_dir": str(folder), "grid": grid})
         return folder
 
     for nfe in (3, 5, 10, 25, 50):
@@ -92,6 +94,10 @@ def make_results(root: Path, num_samples: int = 500) -> Path:
             for dist in ("none", "dode", "iia", "s4s", "s4s_fd", "s4s_alt"):  # no s4s_alt_fd: its row is left out
                 if ck == "digits-edm" or dist not in ("none", "dode"):
                     add(ck, "ddim", dist, nfe)
+            # the un-learned bases of conf/paper.yaml (unipc3_bh2, dpmpp2m@dmn), and grids that must not mix in
+            for solver, grid in (("unipc3_bh2", ""), ("dpmpp2m", "dmn"), ("unipc3_bh2", "edm"), ("dpmpp2m", "edm"),
+                                 ("ddim", "edm")):
+                add(ck, solver, "none", nfe, grid=grid)
     add("digits-ddpm", "ddim", "none", 1000)
     add("digits-edm", "heun", "none", 399)
     # a smoke run with another num_samples must never mix in
@@ -293,7 +299,7 @@ def test_fig_fid_nfe_and_its_table(results):
     assert ("iPNDM / D-iPNDM", "50") in by
 
 
-def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
+def test_table_learned_lists_methods_bases_reference_fit_times_and_the_goals(results):
     opt = options(results)
     files = render(["table-learned"], opt)
     for ck, ref, verdict in (("digits-ddpm", 5.0, "not met"), ("digits-edm", 10.0, "met")):
@@ -302,22 +308,64 @@ def test_table_learned_lists_methods_reference_fit_times_and_the_goal(results):
         assert md in files and png in files and png.stat().st_size > 1000
         rows = md_rows(md, "Learned solvers")
         assert rows["__header__"] == ["NFE", "3", "5", "10"]  # only the NFE that were run, in order
-        assert list(rows)[1:] == ["DDIM", "D-DDIM", "IIA-DDIM", "S4S (DDIM)", "S4S (DDIM, features)", "S4S-Alt (DDIM)",
-                                  f"reference: {'DDIM, 1000 steps (NFE 1000)' if ref == 5.0 else 'EDM (Heun), 200 steps (NFE 399)'}"]
-        for label, dist in (("DDIM", "none"), ("IIA-DDIM", "iia"), ("S4S-Alt (DDIM)", "s4s_alt")):
-            assert rows[label] == [pm(np.mean([value_of("ddim", dist, n, s) for s in (0, 1, 2)]), 1.0)
-                                   for n in (3, 5, 10)]
+        # the un-learned bases of conf/paper.yaml right after the learned solver's own row
+        reference = "DDIM, 1000 steps (NFE 1000)" if ref == 5.0 else "EDM (Heun), 200 steps (NFE 399)"
+        assert list(rows)[1:] == ["DDIM", "UniPC-3 (bh2)", "DPM-Solver++(2M), DMN grid", "D-DDIM", "IIA-DDIM",
+                                  "S4S (DDIM)", "S4S (DDIM, features)", "S4S-Alt (DDIM)", f"reference: {reference}"]
+        for label, solver, dist, grid in (("DDIM", "ddim", "none", ""), ("IIA-DDIM", "ddim", "iia", ""),
+                                          ("S4S-Alt (DDIM)", "ddim", "s4s_alt", ""),
+                                          ("UniPC-3 (bh2)", "unipc3_bh2", "none", ""),  # not its EDM-grid runs
+                                          ("DPM-Solver++(2M), DMN grid", "dpmpp2m", "none", "dmn")):
+            assert rows[label] == [pm(np.mean([value_of(solver, dist, n, s, grid=grid) for s in (0, 1, 2)]), 1.0)
+                                   for n in (3, 5, 10)], label
         assert set(list(rows.values())[-1]) == {pm(ref, 1.0)}
         ratio = md_rows(md, "Ratio to the reference")
         assert ratio["S4S (DDIM)"][1] == f"{(40.0 - 20.0) / ref:.2f}×"
+        assert ratio["DPM-Solver++(2M), DMN grid"][1] == f"{(26.0 - 5.0) / ref:.2f}×"
         fit = md_rows(md, "Fit time")
-        assert "DDIM" not in fit and fit["S4S (DDIM)"] == ["2.3", "2.5", "3.0"]  # 2 + nfe/10 in the fixture
+        assert "DDIM" not in fit and "UniPC-3 (bh2)" not in fit and fit["S4S (DDIM)"] == ["2.3", "2.5", "3.0"]
+        text = md.read_text()
         best = 40.0 - 28.0  # S4S-Alt at NFE 5
-        assert (f"**{verdict}** — S4S-Alt (DDIM) {best:.2f} vs reference {ref:.2f}, ratio {best / ref:.2f}"
-                in md.read_text())
-        csv = pd.read_csv(opt.tables / f"learned-digits-{ck}.csv")
-        assert len(csv) == 6 * 3 + 1 and csv["mean"].iloc[-1] == pytest.approx(ref)
-        assert csv[(csv["distill"] == "s4s") & (csv["nfe"] == 5)]["fit_seconds"].item() == pytest.approx(2.5)
+        assert (f"Goal (best learned solver at NFE 5 within 1.25× the reference's FD-digits): **{verdict}** — "
+                f"S4S-Alt (DDIM) {best:.2f} vs reference {ref:.2f}, ratio {best / ref:.2f}." in text)
+        assert "Goal (best learned solver at NFE 4 within 2× the reference's FD-digits): not measured." in text
+        assert "Every learned method at least as good as the base solver (DDIM) at every NFE: **yes**." in text
+        assert "UniPC-3 (bh2), DPM-Solver++(2M), DMN grid" in text  # the caption lists the bases
+        assert "D-DDIM, IIA-DDIM, S4S (DDIM), S4S (DDIM, features), S4S-Alt (DDIM)" in text  # and the methods
+        csv = pd.read_csv(opt.tables / f"learned-digits-{ck}.csv", keep_default_na=False)
+        assert len(csv) == 8 * 3 + 1 and float(csv["mean"].iloc[-1]) == pytest.approx(ref)
+        assert float(csv[(csv["distill"] == "s4s") & (csv["nfe"] == 5)]["fit_seconds"].item()) == pytest.approx(2.5)
+        dmn = csv[csv["method"] == "DPM-Solver++(2M), DMN grid"]
+        assert list(dmn["solver"]) == ["dpmpp2m"] * 3 and set(dmn["grid"]) == {"dmn"}
+        assert set(dmn["distill"]) == {"none"}
+
+
+def test_table_learned_says_which_learned_method_is_worse_than_its_base(tmp_path):
+    """A learned method worse than the base solver at one NFE (means over seeds) is named, with the NFE; a
+    base row being worse or better changes no verdict (it is not learned)."""
+    root = make_results(tmp_path / "r")
+    runs = pd.read_csv(root / "runs.csv", keep_default_na=False)
+    worse = (runs["checkpoint"] == "digits-ddpm") & (runs["distill"] == "iia") & (runs["nfe"] == 3)
+    runs.loc[worse, "value"] = runs.loc[worse, "value"] + 100.0
+    better = (runs["checkpoint"] == "digits-ddpm") & (runs["solver"] == "unipc3_bh2") & (runs["grid"] == "")
+    runs.loc[better, "value"] = 1.0  # far below the reference: the goal still looks at learned methods only
+    runs.to_csv(root / "runs.csv", index=False)
+    opt = options(root)
+    render(["table-learned"], opt)
+    text = (opt.tables / "learned-digits-digits-ddpm.md").read_text()
+    assert "at least as good as the base solver (DDIM) at every NFE: **no** — IIA-DDIM@3." in text
+    assert "NFE 5 within 1.25× the reference's FD-digits): **not met** — S4S-Alt (DDIM)" in text
+
+
+def test_table_learned_reads_a_runs_csv_without_the_grid_column(tmp_path):
+    """An older runs.csv (no `grid`): every row is on the protocol's grid, so a base on another grid has no row."""
+    root = make_results(tmp_path / "r")
+    runs = pd.read_csv(root / "runs.csv", keep_default_na=False)
+    runs[runs["grid"] == ""].drop(columns="grid").to_csv(root / "runs.csv", index=False)
+    opt = options(root)
+    render(["table-learned"], opt)
+    rows = md_rows(opt.tables / "learned-digits-digits-edm.md", "Learned solvers")
+    assert list(rows)[1:4] == ["DDIM", "UniPC-3 (bh2)", "D-DDIM"]
 
 
 def test_cells_repeated_by_an_older_run_folder_use_the_newest(tmp_path, capsys):

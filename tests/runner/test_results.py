@@ -5,7 +5,7 @@ import multiprocessing
 
 from pathlib import Path
 
-from dode.runner.results import read_runs, record
+from dode.runner.results import COLUMNS, read_runs, record
 
 
 def _record_rows(args):
@@ -42,7 +42,36 @@ def test_a_row_states_the_fid_mode_and_a_digits_row_none(tmp_path):
     record(tmp_path, [fid, digits])
     back = read_runs(tmp_path).set_index("seed")
     assert back.loc[0, "mode"] == "legacy_tensorflow" and back.loc[0, "value"] == 3.1
-    assert back["mode"].isna().loc[1] and list(back.reset_index().columns)[-2:] == ["mode", "nfe_convention"]
+    assert back["mode"].isna().loc[1] and list(read_runs(tmp_path).columns) == COLUMNS
+
+
+def test_the_grid_column_round_trips_and_an_older_file_reads_as_the_default_grid(tmp_path):
+    """runs.csv's `grid`: "" for the paper protocol, the spacing or `explicit` otherwise; a file written
+    before the column existed reads with grid "" and gains the column on the next record."""
+    import json
+
+    from dode.runner.points import build_points
+    from dode.runner.results import csv_row, folder_rows, grid_text
+    from runner_helpers import CHOICES, point_cfg
+
+    assert grid_text({"grid": None, "protocol": "paper"}) == ""
+    assert grid_text({"grid": [80.0, 1.0, 0.0]}) == "explicit"
+    assert grid_text({"grid": "dmn", "protocol": "dode", "endpoint": "zero"}) == "dmn protocol=dode endpoint=zero"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "runs.csv").write_text("run_dir,seed,num_samples,metric,value\nr0,0,8,m,1.5\n")
+    assert read_runs(old)["grid"].tolist() == [""]
+    points = {g: build_points(point_cfg(tmp_path, solver={"name": "ddim", "grid": g, "label": "DDIM"}), CHOICES)[0]
+              for g in (None, "dmn")}
+    record(old, [csv_row(p, Path(f"r-{g}"), 0, {"value": 2.0}, None) for g, p in points.items()])
+    back = read_runs(old).set_index("run_dir")["grid"]
+    assert back.to_dict() == {"r0": "", "r-None": "", "r-dmn": "dmn"}
+    folder = tmp_path / "d" / "ck" / "run"  # rebuilding from a run folder fills the column from run.json
+    (folder / "seed-0" / "metrics").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"point": points["dmn"].to_dict()}))
+    (folder / "seed-0" / "metrics" / "m.json").write_text(json.dumps({"value": 1.0, "seed": 0, "num_samples": 8,
+                                                                      "metric": "m"}))
+    assert [r["grid"] for r in folder_rows(tmp_path, folder)] == ["dmn"]
 
 
 def test_the_summary_says_lower_is_better_and_shows_the_paired_difference(tmp_path):
@@ -81,7 +110,7 @@ def test_a_row_states_its_nfe_convention_and_the_summary_says_it(tmp_path):
     assert [r["nfe_convention"] for r in rows] == ["network", "guided"]
     record(tmp_path, rows)
     back = read_runs(tmp_path)
-    assert list(back.columns)[-2:] == ["mode", "nfe_convention"]
+    assert list(back.columns) == COLUMNS and COLUMNS[-3:] == ["mode", "nfe_convention", "grid"]
     assert back.set_index("value").loc[2.0, "nfe_convention"] == "guided"
     lines = summary([base, dode]).splitlines()
     assert lines[-2] == f"NFE — network: {NFE_CONVENTIONS['network']}"
