@@ -95,7 +95,7 @@ RUN_SEEDS = 'seeds=[$(subst $() ,$(comma),$(strip $(SEEDS)))]'
 REPORT = $(PYTHON) -m dode.report --results $(RESULTS) --dataset $(DATASET) \
 	$(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) $(if $(EDM_CHECKPOINT),--edm-checkpoint $(EDM_CHECKPOINT))
 
-.PHONY: paper paper-runs $(PAPER_ARTIFACT_LIST) runs-fid-nfe runs-time runs-formulations runs-ablation-scale \
+.PHONY: paper paper-runs table-learned-edm-cifar10 $(PAPER_ARTIFACT_LIST) runs-fid-nfe runs-time runs-formulations runs-ablation-scale \
 	runs-ablation-batch runs-lookahead runs-samples runs-learned
 
 # ---------------------------------------------------------------------------------------- sweeps
@@ -180,3 +180,13 @@ $(PAPER_ARTIFACT_LIST):
 endif
 
 paper: $(PAPER_ARTIFACT_LIST)
+
+# ------------------------------------------------------------------- on a real checkpoint (issue 18)
+# table-learned with the field's protocol on EDM's CIFAR-10 unconditional VP model only: every learned
+# method and base solver of conf/paper.yaml at the learned NFE, FID as EDM's fid.py computes it
+# (legacy_tensorflow), 50K samples per seed, seed 0 = EDM's seeds 0–49999 (seeds 1 and 2: the next blocks
+# of 10⁷; EDM draws its noise on the GPU's generator, dode on the CPU's, so the images are not EDM's), and
+# mean and min over the three seeds (conf/paper.yaml aggregate). Needs the checkpoint and the statistics
+# (docs/checkpoints.md); `make -n table-learned-edm-cifar10` prints the dode-run commands.
+table-learned-edm-cifar10:
+	$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) table-learned DATASET=cifar10 CHECKPOINT= EDM_CHECKPOINT=edm-cifar10-32x32-uncond-vp RESULTS=$(RESULTS) PAPER_QUERY="$$($(PYTHON) -m dode.report query make --dataset cifar10)"

@@ -177,3 +177,21 @@ def test_make_artifacts_are_the_registry():
         if a.sweep == "runs-samples" or a.sweep is None:
             cmds = make_commands(name)
             assert cmds[:-1] == (make_commands(a.sweep) if a.sweep else []) and name in cmds[-1]
+
+
+@needs_make
+def test_table_learned_on_edm_cifar10_runs_the_field_protocol_on_that_model_only():
+    """`make table-learned-edm-cifar10` (issue 18): every learned method and base of conf/paper.yaml on EDM's
+    CIFAR-10 model only, FID as EDM's fid.py (legacy_tensorflow), the dataset's 50K samples, three seeds,
+    the teacher row, and the report of that model alone."""
+    cmds = make_commands("table-learned-edm-cifar10", query=True)
+    runs = [c for c in cmds if Path(c[0]).name == "dode-run"]
+    assert runs and all("checkpoint=edm-cifar10-32x32-uncond-vp" in c and "eval.mode=legacy_tensorflow" in c
+                        and "dataset=cifar10" in c and "'seeds=[0,1,2]'" not in c and "seeds=[0,1,2]" in c
+                        and not any(a.startswith("num_samples=") for a in c) for c in runs)
+    learned = next(c for c in runs if "distill=none" not in c)
+    methods = next(a for a in learned if a.startswith("distill=")).split("=")[1].split(",")
+    assert methods == list(protocol().learned_for("cifar10")) and "amed" in methods and "s4s_fd" not in methods
+    assert any("solver=heun" in c and "nfe=399" in c for c in runs)
+    (report,) = [c for c in cmds if c[:3] == ["python", "-m", "dode.report"]]
+    assert "--edm-checkpoint" in report and "--checkpoint" not in report and "table-learned" in report
