@@ -7,11 +7,14 @@ ranks' sums, and rank 0 turns them into μ, Σ and the Fréchet distance. The va
 one-process value up to the order of the float64 sums. A metric given as a callable ``_target_``
 sees all images at once, on rank 0. The CLIP score (``metric: clip_score``) scores sample i against
 its prompt (the run folder's ``prompts.json``); the ranks add their sums and counts likewise.
+:func:`warm_metric` prepares rank 0's reference statistics (and the Fréchet distance's imports) in a
+thread while the fit and the generation run, so the metric stage no longer waits for them.
 """
 from __future__ import annotations
 
 import hashlib
 import io
+import threading
 import time
 from pathlib import Path
 
@@ -73,6 +76,40 @@ def sample_prompts(folder: Path, pieces: list[Piece]) -> list[str]:
     return [by_index[i] for i in index]
 
 
+_WARMING: dict[tuple, threading.Thread] = {}
+
+
+def _metric_key(point: Point, device: str) -> tuple | None:
+    """The reference statistics a point's metric needs, as a hashable key (None: a callable metric or
+    the CLIP score, which have none)."""
+    if "_target_" in point.eval or point.metric_name() == "clip_score":
+        return None
+    return point.metric_name(), tuple(sorted((k, repr(v)) for k, v in point.metric_kwargs(device).items()))
+
+
+def warm_metric(point: Point, device: str) -> None:
+    """Start reading (digits: computing) the reference statistics of ``point``'s metric, and importing
+    the Fréchet distance's library, in a daemon thread (once per process and metric); its errors are
+    left to the metric stage, which raises them itself (:func:`compute_metric` joins the thread first).
+    The statistics are the cached ones the stage reads, so values do not change."""
+    key = _metric_key(point, device)
+    if key is None or key in _WARMING:
+        return
+    from dode.eval import metrics
+
+    name, kw = point.metric_name(), point.metric_kwargs(device)
+
+    def warm() -> None:
+        try:
+            metrics.reference_stats(name, **kw)
+            metrics.frechet_distance(np.zeros(1), np.eye(1), np.zeros(1), np.eye(1))
+        except Exception:  # noqa: BLE001 - reported by the metric stage, which repeats the call
+            pass
+
+    _WARMING[key] = threading.Thread(target=warm, name="dode-warm-metric", daemon=True)
+    _WARMING[key].start()
+
+
 def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool, ctx: Context | None = None,
                    prompts: list[str] | None = None) -> dict:
     """``{"value": float, "mu": …, "sigma": …}`` (and, for FID, its ``mode``) of uint8 images
@@ -102,6 +139,9 @@ def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool
 
         ctx = ctx or Context()
         name, kw = point.metric_name(), point.metric_kwargs(device)
+        warming = _WARMING.get(_metric_key(point, device))
+        if warming is not None:
+            warming.join()
         if ctx.main:
             metrics.reference_stats(name, **kw)  # a missing reference fails before the features
         # the clean resize in worker processes: this rank's share of the cores, less its own

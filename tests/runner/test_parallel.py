@@ -157,3 +157,27 @@ def test_moments_add_over_parts_like_feature_stats():
     np.testing.assert_allclose(sigma, ref_sigma, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="at least two"):
         FeatureMoments.zeros(3).stats()
+
+
+def test_warmed_reference_is_the_one_the_metric_uses(tmp_path):
+    """warm_metric reads the reference statistics in a thread while other work runs (issue 14); the
+    metric then joins it and gives exactly the value of a cold evaluation; a callable metric has no
+    reference to warm."""
+    from dode.eval import metrics
+    from dode.runner import scoring
+    from dode.runner.points import build_points
+    from runner_helpers import CHOICES, point_cfg
+
+    point = dataclasses.replace(build_points(point_cfg(tmp_path), CHOICES)[0],
+                                eval={"name": "fd_digits", "metric": "fd_digits", "batch_size": 64})
+    images = np.random.default_rng(0).integers(0, 256, (300, 8, 8, 1), dtype=np.uint8)
+    scoring.warm_metric(point, "cpu")
+    key = scoring._metric_key(point, "cpu")
+    thread = scoring._WARMING[key]
+    scoring.warm_metric(point, "cpu")  # once per process and metric
+    assert scoring._WARMING[key] is thread
+    got = scoring.compute_metric(images, point, "cpu", False)
+    assert not thread.is_alive()
+    assert got["value"] == pytest.approx(metrics.compute_metric("fd_digits", images), rel=1e-9)
+    callable_metric = dataclasses.replace(point, eval={"_target_": "numpy.mean"})
+    assert scoring._metric_key(callable_metric, "cpu") is None
