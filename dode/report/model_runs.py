@@ -1,5 +1,5 @@
 """The model runs behind the computed figures (Figs. 2 and 5), through the runner's own code: the model
-and its point from :func:`dode.runner.points.load_model`, the noises (and class labels) of the runner's
+and its point from :func:`dode.runner.loading.load_model`, the noises (and class labels) of the runner's
 seed blocks from :mod:`dode.runner.seeds`. Kept apart from :mod:`dode.report.studies` so that listing
 or rendering the other artifacts never imports torch.
 """
@@ -21,7 +21,7 @@ from dode.core.schedules import refine
 from dode.learn.dode import fit_correction
 from dode.report.options import Options
 from dode.report.tables import rows_of
-from dode.runner import points, seeds
+from dode.runner import loading, seeds
 
 
 def device_for(opt: Options) -> str:
@@ -35,7 +35,7 @@ def device_for(opt: Options) -> str:
 
 def runner_noise(point, den, block: int, n: int, device: str) -> torch.Tensor:
     """The runner's noises (and class labels) of samples 0..n−1 of seed block ``block``."""
-    noise, sample_seeds = seeds.make_noise(block, range(n), points.image_shape(point, den))
+    noise, sample_seeds = seeds.make_noise(block, range(n), loading.image_shape(point, den))
     seeds.set_labels(den, point, sample_seeds, device)
     return noise.to(device)
 

@@ -27,7 +27,7 @@ def fig_cosine(runs: pd.DataFrame | None, opt: Options) -> list[Path]:
     """Fig. 2: heatmaps for the noise- and the data-prediction model, and a table of their minima."""
     from dode.core.denoisers import native_prediction
     from dode.report import model_runs
-    from dode.runner.points import load_model
+    from dode.runner.loading import load_model
 
     cks = [c for c in (opt.checkpoint, opt.edm_checkpoint) if c]
     if not cks:
@@ -100,7 +100,7 @@ def fig_trajectory(runs: pd.DataFrame | None, opt: Options) -> list[Path]:
     """Fig. 5 per checkpoint: columns = solvers; rows = norm of the sample, pixel A, pixel B (VP scale);
     and the table of distances to the reference."""
     from dode.report import model_runs
-    from dode.runner.points import load_model
+    from dode.runner.loading import load_model
 
     device = model_runs.device_for(opt)
     p = protocol()

@@ -22,7 +22,8 @@ from dode.errors import UserError
 from dode.runner.distributed import Context
 from dode.runner.generation import generate_stage, show_progress
 from dode.runner.precision import precision_mode
-from dode.runner.points import Point, check_with_model, image_shape, load_denoiser
+from dode.runner.loading import image_shape, load_denoiser
+from dode.runner.points import Point, check_with_model
 from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.core.denoisers import weights_digest
 from dode.runner.scoring import metric_stage, warm_metric

@@ -84,7 +84,8 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 def test_make_target_expands_to_valid_dode_run_commands_on_digits(target):
     import torch
 
-    from dode.runner.points import check_with_model, load_denoiser
+    from dode.runner.loading import load_denoiser
+    from dode.runner.points import check_with_model
 
     cmds = make_commands(target)
     runs = [c for c in cmds if Path(c[0]).name == "dode-run"]

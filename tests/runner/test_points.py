@@ -10,7 +10,8 @@ import pytest
 
 from dode.errors import UserError
 from dode.runner.distributed import Context
-from dode.runner.points import Choices, Point, build_points, check_point, load_model
+from dode.runner.loading import load_model
+from dode.runner.points import Choices, Point, build_points, check_point
 from dode.runner.seeds import FIT_BLOCK
 from dode.runner.stages import execute
 from runner_helpers import CHOICES, dode_run, oracle, point_cfg

@@ -10,7 +10,8 @@ import torch
 
 from dode.core.denoisers import weights_digest
 from dode.errors import UserError
-from dode.runner.points import build_points, load_model
+from dode.runner.loading import load_model
+from dode.runner.points import build_points
 from dode.runner.precision import network_of, precision_mode
 from dode.runner.seeds import make_noise
 from dode.runner.store import run_dir, run_key, run_spec
