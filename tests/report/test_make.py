@@ -37,7 +37,11 @@ def _make_n(target: str, *args: str, query: bool) -> str:
 
 def make_commands(target: str, *args: str, query: bool = False) -> list[list[str]]:
     """The commands `make -n target args` prints, split at `&&` and `;` (a lone `true` left out)."""
-    out = _make_n(target, *args, query=query)
+    return split_commands(_make_n(target, *args, query=query))
+
+
+def split_commands(out: str) -> list[list[str]]:
+    """The commands of `make -n` output, one token list each (split at `&&` and `;`, a lone `true` left out)."""
     cmds = []
     for line in out.splitlines():
         tokens = shlex.split(line)

@@ -2,30 +2,18 @@
 table — each split into its Hydra jobs and turned into the runner's points — then table-learned renders."""
 from __future__ import annotations
 
-import shlex
 import subprocess
 from pathlib import Path
 
 from dode.report import cli
-from test_make import REPO, compose_jobs, make_commands, needs_make
+from test_make import REPO, compose_jobs, make_commands, needs_make, split_commands
 
 MK = REPO / "mk" / "s4s.mk"
 
 
 def s4s_commands(*args: str, makefile: Path = MK) -> list[list[str]]:
-    out = subprocess.run(["make", "--no-print-directory", "-n", "-f", str(makefile), "table-latent", *args], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
-    cmds = []
-    for line in out.splitlines():
-        cmd: list[str] = []
-        for tok in shlex.split(line) + ["&&"]:
-            if tok == "&&":
-                if cmd and cmd != ["true"]:
-                    cmds.append(cmd)
-                cmd = []
-            else:
-                cmd.append(tok)
-    return cmds
+    return split_commands(subprocess.run(["make", "--no-print-directory", "-n", "-f", str(makefile), "table-latent", *args],
+                                         cwd=REPO, capture_output=True, text=True, check=True).stdout)
 
 
 @needs_make
