@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p", "d", "8"]
 
 
 def _plt():
@@ -91,9 +92,9 @@ def fid_vs_nfe(long: pd.DataFrame, solvers: list[str], title: str, caption: str,
     return save(fig, stem)
 
 
-def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str) -> None:
-    """An NFE x axis (a tick per NFE, labels that would overlap left out), grid, legend, title and a
-    caption under the figure."""
+def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str, legend_outside: bool = False) -> None:
+    """An NFE x axis (a tick per NFE, labels that would overlap left out), grid, legend (right of the
+    axes with ``legend_outside``), title and a caption under the figure."""
     nfes = [int(n) for n in sorted(set(nfe_values))]
     ax.set_xticks(nfes)
     shown, labels = None, []
@@ -106,7 +107,10 @@ def _nfe_axes(fig, ax, nfe_values, ylabel: str, title: str, caption: str) -> Non
     ax.set_xlabel("NFE")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=2)
+    if legend_outside:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8, ncol=2)
     ax.set_title(_wrap(title, 70), fontsize=10)
     fig.text(0.01, -0.02, _wrap(caption, 120), fontsize=7, va="top")
 
@@ -128,14 +132,17 @@ def learned_vs_nfe(curves: pd.DataFrame, lines: Sequence[Line], reference: tuple
     seeds; the model's reference solver ``(mean, std, label)`` as a horizontal line with its ± std band,
     and ``goal = (nfe, ratio)``: the line at ratio × it (dotted)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.2, 4.8))
+    many = len(lines) > len(COLORS)  # more curves than COLORS: tab20's colours and a marker each, legend outside
+    palette = [plt.cm.tab20(k) for k in range(20)] if many else COLORS
+    fig, ax = plt.subplots(figsize=(9.6 if many else 7.2, 4.8))
     vals = list(curves["mean"].astype(float))
     for i, line in enumerate(lines):
         g = curves[curves["row"] == line.key].sort_values("nfe")
         if g.empty:
             continue
-        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color=line.color or COLORS[i % len(COLORS)],
-                    ls=line.ls, marker="o" if line.ls == "--" else "s", ms=4, lw=1.5, capsize=2, label=line.label)
+        marker = MARKERS[i % len(MARKERS)] if many else "o" if line.ls == "--" else "s"
+        ax.errorbar(g["nfe"], g["mean"], yerr=g["std"].fillna(0), color=line.color or palette[i % len(palette)],
+                    ls=line.ls, marker=marker, ms=4, lw=1.5, capsize=2, label=line.label)
     if reference is not None:
         mean, std, label = reference
         ax.axhline(mean, color="0.3", lw=1.2, label=f"reference: {label}")
@@ -148,7 +155,8 @@ def learned_vs_nfe(curves: pd.DataFrame, lines: Sequence[Line], reference: tuple
         vals.append(mean)
     _log_y(ax, vals)
     _nfe_axes(fig, ax, curves["nfe"], ylabel, title, caption + ". Dashed: un-learned base solvers (black: the learned "
-              "methods' own); dash-dotted: the feature distance; bars: ± std over seeds; grey: reference ± std.")
+              "methods' own); dash-dotted: the feature distance; bars: ± std over seeds; grey: reference ± std.",
+              legend_outside=many)
     return save(fig, stem)
 
 
