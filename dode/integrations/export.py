@@ -30,7 +30,7 @@ def export(folder: str | Path, denoiser, solver: str, nfe: int,
            lambdas: Correction | Sequence[float] | Tensor | None = None, grid: GridSpec = None) -> Path:
     """Write ``solver`` at ``nfe`` on ``grid`` (as in :func:`dode.sample`; a correction's learned grid
     wins), with the correction ``lambdas`` (refused when fitted for another solver, NFE, grid or
-    model), for ``denoiser`` as ``<folder>/scheduler_config.json``; returns that path."""
+    model, or when it starts with AMED's analytical first step), for ``denoiser`` as ``<folder>/scheduler_config.json``; returns that path."""
     try:
         from dode.integrations.diffusers_scheduler import DodeScheduler
     except ImportError as e:
@@ -41,6 +41,11 @@ def export(folder: str | Path, denoiser, solver: str, nfe: int,
         raise ValueError(f"dode.export supports discrete-time VP models (diffusers DDPM-type UNets); this "
                          f"model has a continuous {type(schedule).__name__}")
     correction = lambdas if isinstance(lambdas, Correction) else None
+    if getattr(correction, "afs", None) is not None:
+        raise ValueError("this correction starts with an analytical first step (AMED-Plugin's AFS at an odd NFE): "
+                         "it moves x_T before the first network call, which a diffusers pipeline's loop cannot "
+                         "do (it calls the network on x_T). Fit AMED-Plugin at an even NFE (no AFS) to export it, "
+                         "or sample it with dode.learn.sample_learned")
     spec, sigmas, plan = solver_grid(denoiser, solver, nfe, grid_of(correction, grid))
     correction = checked(lambdas, spec, nfe, sigmas, denoiser)
     prediction = getattr(denoiser, "output", None) or native_prediction(denoiser)

@@ -107,3 +107,23 @@ def test_a_fitted_pas_runs_in_the_pipeline(unet, denoiser, tmp_path):
         x = _loop(unet, tmp_path, noise)
         assert torch.equal(x, dode.sample(denoiser, noise, "ipndm", 5, corr))
         assert not torch.allclose(x, dode.sample(denoiser, noise, "ipndm", 5))
+
+
+def test_a_fitted_amed_plugin_runs_in_the_pipeline(unet, denoiser, tmp_path):
+    """AMED-Plugin at an even NFE (its grid with the inserted times and the direction scales) exported and
+    replayed one evaluation per scheduler step: the pipeline's states are dode's, bit for bit. At an odd
+    NFE its analytical first step moves x_T before the first network call, which the pipeline's loop
+    cannot do: refused with the reason."""
+    from dode.learn import fit_amed, sample_learned
+
+    fit_noise = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ValueError, match="analytical first step"):
+        dode.export(tmp_path / "afs", denoiser, "ddim", 5, fit_amed(denoiser, fit_noise, "ddim", 5, scale=4, iters=5))
+    corr = fit_amed(denoiser, fit_noise, "ddim", 4, scale=4, iters=5)
+    assert corr.afs is None and corr.provenance["grid_learned"]
+    dode.export(tmp_path, denoiser, "ddim", 4, corr)
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        x = _loop(unet, tmp_path, noise)
+        assert torch.equal(x, sample_learned(denoiser, noise, corr))
+        assert not torch.allclose(x, dode.sample(denoiser, noise, "ddim", 4), rtol=1e-2)
