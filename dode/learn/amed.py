@@ -39,6 +39,12 @@ student's own state at t_n (the authors feed the teacher's state, with the stude
 optional time scale a_n (the evaluation at a_n·s_n, ``scale_time``) is not used (the authors' default
 0). Base solvers: those with one evaluation per step (DDIM/Euler, iPNDM, DEIS, DPM-Solver++, UniPC);
 the AFS ε does not join a multistep history.
+
+dode's guard (``guard``, not in AMED): the fit is kept only if its final samples from the fit batch are
+closer to the teacher's state at the base grid's last σ (mean squared distance) than the base solver's
+samples at the same NFE on its protocol grid are to the teacher's final state there (where that grid
+ends at σ = 0: the teacher's last step into 0, x̂_0 = D(x̂_{t_N}, t_N)); else the result is the base
+solver (:func:`~dode.learn.grids.guarded`).
 """
 from __future__ import annotations
 
@@ -52,14 +58,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from dode.version import __version__
-from dode.core.denoisers import weights_digest
+from dode.core.denoisers import as_sigma, weights_digest
 from dode.core.forms import Correction
 from dode.core.protocols import GridSpec, Protocol, resolve, spacing_of
 from dode.core.sampling import run_solver, solver_grid
 from dode.core.solvers import Level, get_solver, one_per_step
 from dode.errors import InvalidChoice, InvalidNFE
 from dode.learn.dode import teacher_states
-from dode.learn.grids import grid_record
+from dode.learn.grids import grid_record, guarded
 from dode.learn.record import ReplayPath, Stop
 
 __all__ = ["AmedSteps", "amed_steps", "amed_correction", "fit_amed"]
@@ -144,12 +150,14 @@ def amed_correction(denoiser, solver: str, nfe: int, ratios: Sequence[float], sc
 
 def fit_amed(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: GridSpec = None,
              teacher: str = "heun", scale: int = 10, targets: Targets | None = None, iters: int = 40,
-             lr: float = 0.1, scale_dir: float = 0.01, progress: bool = False, **provenance) -> Correction:
+             lr: float = 0.1, scale_dir: float = 0.01, guard: bool = True, progress: bool = False,
+             **provenance) -> Correction:
     """AMED-Plugin on ``solver`` at ``nfe`` (module docstring): r_n and c_n fitted step by step on the batch
     ``noise`` against the states of ``teacher`` (its grid the base grid refined ``scale``×) or of
     ``targets`` (σ → state) at the base grid's points; ``iters`` Adam steps per step (learning rate
     ``lr``) from r = 1/2, c = 1, keeping the best values seen. Returns the correction (form ``amed``,
-    grid and AFS in it) with r, c, the losses and ``fit_seconds`` in its provenance."""
+    grid and AFS in it) with r, c, the losses and ``fit_seconds`` in its provenance; with ``guard`` the
+    base solver instead where its samples are closer to the teacher's (module docstring)."""
     start = time.perf_counter()
     spec, base, afs = _base(denoiser, solver, nfe, grid)
     pts = base.tolist()
@@ -207,6 +215,12 @@ def fit_amed(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: 
         log["loss_best"].append(best[0])
         bar.update(1)
     bar.close()
-    return amed_correction(denoiser, spec.name, nfe, ratios, scales, grid, batch=int(noise.shape[0]), iters=iters,
-                           lr=lr, scale_dir=scale_dir, **tinfo, **log, fit_seconds=time.perf_counter() - start,
-                           **provenance)
+    fitted = amed_correction(denoiser, spec.name, nfe, ratios, scales, grid, batch=int(noise.shape[0]), iters=iters,
+                             lr=lr, scale_dir=scale_dir, **tinfo, **log, **provenance)
+    if guard:
+        end = targets(pts[-1])
+        with torch.no_grad():
+            zero = denoiser(end, as_sigma(pts[-1], end)) if pts[-1] > 0 else end  # the teacher's last step into 0
+        fitted = guarded(fitted, denoiser, noise, grid, lambda sigma: end if sigma > 0 else zero)
+    fitted.provenance["fit_seconds"] = time.perf_counter() - start
+    return fitted

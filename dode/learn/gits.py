@@ -28,6 +28,11 @@ above the base grid's); GITS uses a 61-point EDM ρ = 7 grid from σ_max to σ_m
 is first order for every base solver, as in GITS (which uses Euler for its ipndm, dpm and dpmpp
 students too). A singlestep DPM-Solver then gets one grid point per step (stages at logSNR r). No
 AFS option.
+
+dode's guard (``guard``, not in GITS): the chosen grid is kept only if the final samples it gives
+from the warm-up noises are closer to the teacher's final state (mean squared distance) than those of
+the base solver on its own grid (the same last σ: the fine grid refines the base grid); else the
+result is the base solver (:func:`~dode.learn.grids.guarded`).
 """
 from __future__ import annotations
 
@@ -46,7 +51,7 @@ from dode.core.sampling import run_solver, solver_grid
 from dode.core.schedules import refine
 from dode.core.solvers import ddim_step, get_solver
 from dode.errors import InvalidChoice
-from dode.learn.grids import grid_record
+from dode.learn.grids import grid_record, guarded
 
 __all__ = ["fine_grid", "teacher_trajectory", "cost_matrix", "shortest_path", "path_cost", "fit_gits"]
 
@@ -130,14 +135,15 @@ def shortest_path(cost: Tensor, steps: int, coeff: float = 1.15) -> tuple[list[i
 
 
 def fit_gits(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: GridSpec = None, fine: int = 60,
-             teacher: str = "ipndm", coeff: float = 1.15, metric: str = "l2", progress: bool = False,
-             **provenance) -> Correction:
+             teacher: str = "ipndm", coeff: float = 1.15, metric: str = "l2", guard: bool = True,
+             progress: bool = False, **provenance) -> Correction:
     """GITS: the grid of ``solver`` at ``nfe`` chosen among the points of the base grid (``grid``,
     default the paper protocol's) refined to about ``fine`` intervals, by the dynamic programme over
     the costs of one-step jumps between ``teacher``'s states from the warm-up ``noise`` (GITS: 256
     warm-up samples, an iPNDM teacher on 61 points, γ = 1.15). Returns a
-    :class:`~dode.core.forms.Correction` with λ = 0 (the base solver) and the grid in its provenance.
-    ``progress`` is accepted for the registry's signature (the fit is one teacher run)."""
+    :class:`~dode.core.forms.Correction` with λ = 0 (the base solver) and the grid in its provenance;
+    with ``guard`` the base solver on its own grid instead where that grid's samples are closer to the
+    teacher's (:func:`~dode.learn.grids.guarded`). ``progress`` is accepted for the registry's signature (the fit is one teacher run)."""
     start = time.perf_counter()
     spec = get_solver(solver)
     base, fine_sigmas, factor = fine_grid(denoiser, solver, nfe, grid, fine)
@@ -154,5 +160,9 @@ def fit_gits(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: 
             "fine": len(fine_sigmas) - 1, "fine_path": path, "teacher": teacher, "teacher_nfe": teacher_nfe,
             "teacher_seconds": teacher_seconds, "coeff": coeff, "metric": metric, "cost_best": best,
             "cost_base": path_cost(cost, base_path, coeff), "batch": int(noise.shape[0]),
-            "fit_seconds": time.perf_counter() - start, "dode_version": __version__, **provenance}
-    return Correction.from_lambdas([0.0] * nfe, **prov)
+            "dode_version": __version__, **provenance}
+    fitted = Correction.from_lambdas([0.0] * nfe, **prov)
+    if guard:
+        fitted = guarded(fitted, denoiser, noise, grid, lambda sigma: states[-1])
+    fitted.provenance["fit_seconds"] = time.perf_counter() - start
+    return fitted

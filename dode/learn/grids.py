@@ -8,20 +8,23 @@ The σ of a grid between its fixed ends σ_0 and σ_{N−1} (σ_N = 0 kept) are
 with u = σ^{1/ρ} (``space="rho"``), log σ or the schedule's time — strictly monotone for every ℓ
 (:class:`MonotoneGrid`). A learned grid is stored as the list ``provenance["grid"]`` with
 ``provenance["grid_learned"] = True``; :func:`grid_of` gives what to pass as ``grid=`` and
-:func:`sample_learned` samples with it.
+:func:`sample_learned` samples with it; :func:`guarded` keeps a fitted grid only where it beats the
+base solver (dode's guard for GITS and AMED-Plugin).
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 from torch import Tensor
 
 from dode.core.forms import Correction
-from dode.core.sampling import sample
+from dode.core.sampling import sample, solver_grid
 from dode.core.protocols import GridSpec, Preset, Protocol
 from dode.core.schedules import schedule_of
 from dode.errors import InvalidChoice
 
-__all__ = ["grid_record", "MonotoneGrid", "grid_of", "sample_learned"]
+__all__ = ["grid_record", "MonotoneGrid", "grid_of", "sample_learned", "guarded"]
 
 
 def grid_record(grid: GridSpec, sigmas: Tensor | None = None) -> str | list[float] | dict | None:
@@ -119,3 +122,28 @@ def sample_learned(denoiser, noise: Tensor, correction: Correction) -> Tensor:
     grid = grid if grid is None or isinstance(grid, str) else torch.tensor(grid, dtype=torch.float64)
     return sample(denoiser, noise, prov["solver"], int(prov["nfe"]), correction, grid_of(correction, grid))
 
+
+
+def guarded(fitted: Correction, denoiser, noise: Tensor, grid: GridSpec, reference: Callable[[float], Tensor]) -> Correction:
+    """dode's guard (not in GITS or AMED): ``fitted`` if its final samples from the fit batch ``noise``
+    are closer to the teacher's than the base solver's at the same NFE on ``grid`` (its protocol grid),
+    d = mean (x − x̂)² over the batch and the pixels, d_fit < d_base; else the base solver — λ = 0 at
+    every evaluation on its own grid, so it samples as the base solver bit for bit — with the rejected
+    fit's grid (and AFS) kept as ``fit_grid`` (``fit_afs``). ``reference(σ)``: the teacher's final
+    state at σ, the last σ of a grid. The provenance records ``distance_fit``, ``distance_base``,
+    ``kept`` and ``fallback``."""
+    prov = fitted.provenance
+    solver, nfe = prov["solver"], int(prov["nfe"])
+    _, base, _ = solver_grid(denoiser, solver, nfe, grid)
+    with torch.no_grad():
+        d_fit = float((sample_learned(denoiser, noise, fitted) - reference(float(prov["grid"][-1]))).pow(2).mean())
+        d_base = float((sample(denoiser, noise, solver, nfe, None, grid) - reference(float(base[-1]))).pow(2).mean())
+    kept = d_fit < d_base
+    record = {"guard": True, "distance_fit": d_fit, "distance_base": d_base, "kept": kept, "fallback": not kept}
+    if kept:
+        return Correction(fitted.form, fitted.theta, provenance={**prov, **record}, afs=fitted.afs)
+    moved = ("grid", "sigmas", "afs", "grid_learned", "grid_changed")
+    sig = [float(v) for v in base]
+    return Correction.from_lambdas([0.0] * nfe, **{k: v for k, v in prov.items() if k not in moved},
+                                   **{"fit_" + k: prov[k] for k in ("grid", "afs") if k in prov}, grid=sig,
+                                   grid_learned=False, grid_changed=False, sigmas=sig, **record)

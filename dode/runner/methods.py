@@ -119,11 +119,11 @@ S4S_OPTIONS = ("window", "teacher", "teacher_nfe", "distance", "iters", "lr", "c
                "classifier", "radius", "relax_step")
 S4S_ALT_OPTIONS = ("rounds", "grid_space", "grid_search", "grid_iters", "grid_lr", "grid_evals", "grid_step",
                    "round_iters", "free_end")
-AMED_OPTIONS = ("teacher", "iters", "lr", "scale_dir")
+AMED_OPTIONS = ("teacher", "iters", "lr", "scale_dir", "guard")
 PAS_OPTIONS = ("form", "loss", "tol", "first_tol", "teacher")
 LD3_OPTIONS = ("teacher", "teacher_nfe", "distance", "iters", "lr", "chunk", "lpips_weights", "classifier", "radius",
                "relax_step", "grid_space", "free_end")
-GITS_OPTIONS = ("fine", "teacher", "coeff", "metric")
+GITS_OPTIONS = ("fine", "teacher", "coeff", "metric", "guard")
 
 
 # ------------------------------------------------------------------------------- registered methods

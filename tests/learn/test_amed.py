@@ -1,7 +1,7 @@
 """AMED-Plugin (dode.learn.amed): r = 1/2, c = 1 is the base solver on the logSNR-midpoint grid bit for bit;
 any r, c (and the AFS) is the authors' Euler plugin step written out by hand; the fit lowers the error of
-the final sample on the exact Gaussian ODE; NFE as the authors count it; lambdas.json round trip
-(dode-run: tests/runner/test_methods.py)."""
+the final sample on the exact Gaussian ODE; NFE as the authors count it; lambdas.json round trip; dode's
+guard falls back to the base solver where the fit is worse (dode-run: tests/runner/test_methods.py)."""
 import math
 
 import pytest
@@ -95,7 +95,7 @@ def test_fit_lowers_the_error_on_the_exact_gaussian_ode(mixture_noise, solver, n
 
 def test_lambdas_json_round_trip_replays_the_same_samples(models, mixture_noise, tmp_path):
     gm, noise = models["vp"], mixture_noise(16, 55)
-    corr = fit_amed(gm, noise, "ddim", 3, iters=3, teacher="ddim", scale=4)
+    corr = fit_amed(gm, noise, "ddim", 3, iters=3, teacher="ddim", scale=4, guard=False)
     back = Correction.load(corr.save(tmp_path / "lambdas.json"))
     assert back.afs == corr.afs is not None and back.form == "amed" and back.theta == corr.theta
     assert back.provenance["teacher"] == "ddim" and back.provenance["fit_seconds"] > 0
@@ -103,3 +103,24 @@ def test_lambdas_json_round_trip_replays_the_same_samples(models, mixture_noise,
     plain = Correction.from_lambdas([0.1, 0.2])
     assert "afs" not in plain.to_dict() and Correction.from_dict(plain.to_dict()).afs is None
 
+
+
+@pytest.mark.parametrize("nfe", [4, 5])
+def test_guard_keeps_a_better_fit_and_falls_back_to_the_base_solver_bit_for_bit(models, mixture_noise, nfe):
+    """On the VP mixture, r = 1/2, c = 1 (no Adam step) at NFE/2 steps is worse than DDIM at NFE steps on
+    the fit batch; 20 Adam steps per step are better."""
+    den, fit, held_out = models["vp"], mixture_noise(16, 6), mixture_noise(16, 7)
+    good = fit_amed(den, fit, "ddim", nfe, iters=20, teacher="heun", scale=8)
+    p = good.provenance
+    assert p["kept"] and not p["fallback"] and p["distance_fit"] < p["distance_base"] and good.form == "amed"
+    bad = fit_amed(den, fit, "ddim", nfe, iters=0, teacher="heun", scale=8)
+    q = bad.provenance
+    assert q["fallback"] and not q["kept"] and q["distance_fit"] >= q["distance_base"] == p["distance_base"]
+    assert bad.afs is None and bad.theta == [[0.0]] * nfe and not q["grid_learned"] and grid_of(bad) is None
+    assert q["fit_afs"] == (nfe % 2 == 1) and q["fit_grid"] != q["grid"] and q["ratios"] == [0.5] * len(q["ratios"])
+    base = dode.sample(den, held_out, "ddim", nfe)
+    assert torch.equal(sample_learned(den, held_out, bad), base) and torch.equal(sample(den, held_out, "ddim", nfe, bad),
+                                                                                 base)
+    unguarded = fit_amed(den, fit, "ddim", nfe, iters=0, teacher="heun", scale=8, guard=False)
+    assert unguarded.form == "amed" and "guard" not in unguarded.provenance
+    assert (unguarded.afs is not None) == (nfe % 2 == 1) and not torch.equal(sample_learned(den, held_out, unguarded), base)

@@ -1,5 +1,6 @@
 """GITS (dode.learn.gits): the dynamic programme finds the true least-cost path, and on the exact
-Gaussian ODE the chosen grid lowers the error of the base solver's final sample."""
+Gaussian ODE the chosen grid lowers the error of the base solver's final sample; dode's guard falls back
+to the base solver where the chosen grid is worse."""
 import itertools
 import math
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 import dode
+import dode.learn.gits as gits_module
 from dode.core.oracle import GaussianMixture
 from dode.core.sampling import trajectory
 from dode.learn import fit_gits, grid_of, sample_learned
@@ -63,6 +65,7 @@ def test_gits_grid_lowers_the_error_on_the_exact_gaussian_ode(gaussian, mixture_
     corr = fit_gits(gm, fit, "ddim", nfe)
     p = corr.provenance
     assert p["method"] == "gits" and p["grid_learned"] and p["grid_changed"] and p["cost_best"] < p["cost_base"]
+    assert p["guard"] and p["kept"] and not p["fallback"] and p["distance_fit"] < p["distance_base"]
     assert corr.theta == [[0.0]] * nfe and p["fine"] == 60 and p["batch"] == 32
     learned = sample_learned(gm, held_out, corr)
     assert torch.equal(learned, dode.sample(gm, held_out, "ddim", nfe, grid=grid_of(corr)))  # the base solver
@@ -74,7 +77,7 @@ def test_gits_grid_lowers_the_error_on_the_exact_gaussian_ode(gaussian, mixture_
 def test_gits_grid_is_strictly_decreasing_with_the_plans_points_and_nfe(models, mixture_noise, model, solver, nfe,
                                                                         points):
     den = models[model]
-    corr = fit_gits(den, mixture_noise(8, 3), solver, nfe, fine=24)
+    corr = fit_gits(den, mixture_noise(8, 3), solver, nfe, fine=24, guard=False)
     grid, base = grid_of(corr), torch.tensor(corr.provenance["base_sigmas"], dtype=torch.float64)
     assert len(grid) == points and bool((grid[1:] < grid[:-1]).all())
     assert grid[0] == base[0] and grid[-1] == base[-1]  # the ends of the base grid stay
@@ -87,3 +90,28 @@ def test_gits_refuses_an_unknown_metric_and_a_stage_grid_teacher(models, mixture
         fit_gits(models["edm"], mixture_noise(4, 6), "ddim", 4, fine=8, metric="dev")
     with pytest.raises(dode.errors.InvalidChoice, match="one grid point per step"):
         fit_gits(models["edm"], mixture_noise(4, 6), "ddim", 4, fine=8, teacher="dpm3")
+
+
+def _squeezed(cost, steps, coeff):
+    """A deliberately bad path: one jump to the last few fine points, then single fine steps."""
+    m = cost.shape[0] - 1
+    path = [0, *range(m - steps + 1, m + 1)]
+    return path, path_cost(cost, path, coeff)
+
+
+@pytest.mark.parametrize("model,solver,nfe", [("edm", "ddim", 4), ("vp", "ipndm", 5)])
+def test_guard_falls_back_to_the_base_solver_bit_for_bit_when_the_grid_is_worse(models, mixture_noise, monkeypatch,
+                                                                                 model, solver, nfe):
+    den, fit, held_out = models[model], mixture_noise(16, 6), mixture_noise(16, 7)
+    monkeypatch.setattr(gits_module, "shortest_path", _squeezed)
+    corr = fit_gits(den, fit, solver, nfe, fine=24)
+    p = corr.provenance
+    assert p["guard"] and p["fallback"] and not p["kept"] and p["distance_fit"] >= p["distance_base"] > 0
+    assert not p["grid_learned"] and p["grid"] == p["base_sigmas"] and p["fit_grid"] != p["base_sigmas"]
+    assert corr.theta == [[0.0]] * nfe and grid_of(corr) is None  # dode-run samples on the solver's own grid
+    base = dode.sample(den, held_out, solver, nfe)
+    assert torch.equal(sample_learned(den, held_out, corr), base)
+    assert torch.equal(dode.sample(den, held_out, solver, nfe, corr), base)
+    kept = fit_gits(den, fit, solver, nfe, fine=24, guard=False)  # without the guard the bad grid stays
+    assert kept.provenance["grid_learned"] and kept.provenance["grid"] == p["fit_grid"] and "guard" not in kept.provenance
+    assert not torch.equal(sample_learned(den, held_out, kept), base)

@@ -39,6 +39,15 @@ def test_distill_configs_and_registered_learned_methods(name, models):
     assert corr.provenance["fit_seed"] == 0 and corr.provenance["method"] == name and len(corr.theta) == 4
 
 
+@pytest.mark.parametrize("name", ["gits", "amed"])
+def test_the_guard_option_reaches_gits_and_amed(name, models):
+    small = "distill.fine=12" if name == "gits" else "distill.iters=2"
+    on = _fit(models, _point(name, small)).provenance
+    assert on["guard"] and on["kept"] != on["fallback"] and on["distance_fit"] >= 0 and on["distance_base"] > 0
+    off = _fit(models, _point(name, small, "distill.guard=false")).provenance
+    assert "guard" not in off and off["grid_learned"]
+
+
 def test_dode_fixed_and_none_through_the_registry(models, tmp_path):
     dode = _fit(models, _point("dode"))
     assert dode.form == "dode" and len(dode.theta) == 4 and dode.provenance["fit_seed"] == 0
@@ -90,7 +99,8 @@ def test_gits_runs_end_to_end_on_the_embedded_digits_model(tmp_path):
 def test_amed_runs_end_to_end_on_the_embedded_model(tmp_path, capsys):
     """distill=amed on the embedded digits model: fitted, its grid and AFS replayed at NFE 5."""
     assert run_main(f"results_dir={tmp_path}", "progress=false", "distill=amed", "nfe=[5]", "seeds=[0]",
-                    "num_samples=200", "shard_size=200", "batch=20", "scale=2", "distill.iters=3") == 0
+                    "num_samples=200", "shard_size=200", "batch=20", "scale=2", "distill.iters=3",
+                    "distill.guard=false") == 0  # 3 Adam steps lose to DDIM: the guard would give DDIM back
     (lambdas,) = tmp_path.rglob("lambdas.json")
     corr = Correction.load(lambdas)
     assert corr.form == "amed" and corr.afs is not None and len(corr.theta) == 5 and corr.provenance["grid_learned"]
