@@ -143,7 +143,8 @@ def fit_gits(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: 
     warm-up samples, an iPNDM teacher on 61 points, γ = 1.15). Returns a
     :class:`~dode.core.forms.Correction` with λ = 0 (the base solver) and the grid in its provenance;
     with ``guard`` the base solver on its own grid instead where that grid's samples are closer to the
-    teacher's (:func:`~dode.learn.grids.guarded`). ``progress`` is accepted for the registry's signature (the fit is one teacher run)."""
+    teacher's (:func:`~dode.learn.grids.guarded`). ``progress`` is accepted for the registry's signature
+    (the fit is one teacher run)."""
     start = time.perf_counter()
     spec = get_solver(solver)
     base, fine_sigmas, factor = fine_grid(denoiser, solver, nfe, grid, fine)

@@ -124,7 +124,8 @@ def sample_learned(denoiser, noise: Tensor, correction: Correction) -> Tensor:
 
 
 
-def guarded(fitted: Correction, denoiser, noise: Tensor, grid: GridSpec, reference: Callable[[float], Tensor]) -> Correction:
+def guarded(fitted: Correction, denoiser, noise: Tensor, grid: GridSpec,
+            reference: Callable[[float], Tensor]) -> Correction:
     """dode's guard (not in GITS or AMED): ``fitted`` if its final samples from the fit batch ``noise``
     are closer to the teacher's than the base solver's at the same NFE on ``grid`` (its protocol grid),
     d = mean (x − x̂)² over the batch and the pixels, d_fit < d_base; else the base solver — λ = 0 at
