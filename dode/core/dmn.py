@@ -85,7 +85,13 @@ def dmn_bound(lam: Tensor) -> Tensor:
 @lru_cache(maxsize=64)
 def dmn_lambdas(lam_start: float, lam_end: float, steps: int, iters: int = 200, restarts: int = 3) -> tuple[float, ...]:
     """The DMN nodes λ_0 = ``lam_start`` < … < λ_N = ``lam_end`` minimising :func:`dmn_bound`
-    (uniform λ where no better one is found; cached: a grid is a pure function of its ends and N)."""
+    (uniform λ where no better one is found; cached: a grid is a pure function of its ends and N).
+    Works under a caller's ``torch.inference_mode`` too (the optimisation leaves it)."""
+    with torch.inference_mode(False):
+        return _optimised(lam_start, lam_end, steps, iters, restarts)
+
+
+def _optimised(lam_start: float, lam_end: float, steps: int, iters: int, restarts: int) -> tuple[float, ...]:
     a, b = float(lam_start), float(lam_end)
     uniform = torch.linspace(a, b, steps + 1, dtype=torch.float64)
     if steps < 3:  # every step first order into fixed ends: nothing to trade

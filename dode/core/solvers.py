@@ -123,6 +123,7 @@ class Solver:
     teacher: str  # the solver the D-ODE teacher runs (methods.md)
     order: int  # nominal order of convergence
     stage_grid: bool = False  # the grid holds every evaluation (singlestep DPM-Solver), not one point a step
+    corrects_back: bool = False  # a corrector redoes the last step when the next evaluation arrives (UniPC)
 
     def intervals(self, plan: list) -> int:
         """The number of grid intervals a run with ``plan`` needs."""
@@ -432,4 +433,5 @@ def unipc(order: int, variant: str) -> SolverFn:
 
 for _p in (2, 3):
     for _v in ("bh1", "bh2"):
-        SOLVERS[f"unipc{_p}_{_v}"] = Solver(f"unipc{_p}_{_v}", unipc(_p, _v), one_per_step, "ddim", _p + 1)
+        SOLVERS[f"unipc{_p}_{_v}"] = Solver(f"unipc{_p}_{_v}", unipc(_p, _v), one_per_step, "ddim", _p + 1,
+                                             corrects_back=True)

@@ -37,8 +37,8 @@ so r_n and c_n are per-step constants shared by all samples (what the predictor 
 at the AFS step the authors feed it zeros, so there it is exactly this). Step n is fitted from the
 student's own state at t_n (the authors feed the teacher's state, with the student's history). AMED's
 optional time scale a_n (the evaluation at a_n·s_n, ``scale_time``) is not used (the authors' default
-0). Base solvers: those with one evaluation per step (DDIM/Euler, iPNDM, DEIS, DPM-Solver++, UniPC);
-the AFS ε does not join a multistep history.
+0). Base solvers: one evaluation per step and no corrector (DDIM/Euler, iPNDM, DEIS, DPM-Solver++; not UniPC,
+whose corrector would discard the scaled estimate); the AFS ε does not join a multistep history.
 
 dode's guard (``guard``, not in AMED): the fit is kept only if its final samples from the fit batch are
 closer to the teacher's state at the base grid's last σ (mean squared distance) than the base solver's
@@ -119,9 +119,11 @@ class AmedSteps:
 
 def _base(denoiser, solver: str, nfe: int, grid: GridSpec):
     spec = get_solver(solver)
-    if spec.stage_grid or spec.plan is not one_per_step:
-        raise InvalidChoice(f"AMED-Plugin runs on solvers with one evaluation per step (ddim, euler, ipndm, deis*, "
-                            f"dpmpp*, unipc*), not {spec.name}")
+    if spec.stage_grid or spec.plan is not one_per_step or spec.corrects_back:
+        raise InvalidChoice(f"AMED-Plugin runs on solvers with one evaluation per step and no corrector (ddim, euler, "
+                            f"ipndm, deis*, dpmpp*), not {spec.name}"
+                            + (": UniPC's corrector redoes each step from the raw outputs, so the scale of the "
+                               "inserted evaluation would mostly be lost" if spec.corrects_back else ""))
     steps, afs = amed_steps(nfe)
     proto = resolve(grid, spec.name, denoiser)
     if isinstance(proto, Protocol):  # the authors' grids end at σ_min (uniform_torch's integer steps end at 0)

@@ -39,6 +39,7 @@ from torch import Tensor
 
 from dode.core.forms import Correction
 from dode.core.protocols import GridSpec
+from dode.core.solvers import get_solver
 from dode.errors import InvalidChoice
 from dode.learn.dode import fit_correction
 
@@ -123,6 +124,9 @@ def fit_pas(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 10, form: 
     extra keyword arguments go into the provenance."""
     if form not in PAS_FORMS:
         raise InvalidChoice(f"PAS fits the forms {', '.join(PAS_FORMS)}, not {form!r}")
+    if get_solver(solver).corrects_back:
+        raise InvalidChoice(f"PAS does not fit {solver}: its corrector redoes each step from the raw outputs, so the "
+                            "state the fit scores is not the one sampling goes on from")
     search = AdaptiveSearch(loss, float(tol), float(first_tol))
     corr = fit_correction(denoiser, noise, solver, nfe, scale, form, grid, teacher=teacher, targets=targets,
                           step_fit=search, progress=progress, method="pas", loss=loss, tol=float(tol),

@@ -67,3 +67,12 @@ def test_dmn_is_a_spacing_of_time_grid():
     assert sig[-1] == 0 and torch.allclose(sig[:-1], torch.exp(-torch.tensor(lam, dtype=torch.float64)), rtol=1e-12)
     end = time_grid(gm, 5, "dmn", endpoint="sigma_min")
     assert len(end) == 6 and float(end[0]) == pytest.approx(80.0) and float(end[-1]) == pytest.approx(0.002)
+
+
+def test_the_dmn_grid_is_the_same_under_a_callers_inference_mode():
+    """dode.sample(..., grid="dmn") inside torch.inference_mode(): the optimisation leaves it (it used to fail
+    with "element 0 of tensors does not require grad"); the nodes equal those computed outside."""
+    with torch.inference_mode():
+        inside = dmn_lambdas(-4.3, 6.1, 7)
+    dmn_lambdas.cache_clear()
+    assert dmn_lambdas(-4.3, 6.1, 7) == inside

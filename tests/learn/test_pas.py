@@ -182,3 +182,18 @@ def test_dode_run_distill_pas_on_the_embedded_digits_model(tmp_path, monkeypatch
     df = read_runs(tmp_path).set_index("distill")
     assert set(df.index) == {"none", "pas"} and df.loc["pas", "value"] < df.loc["none", "value"]
     assert "PAS (DDIM) (pas)" in capsys.readouterr().out
+
+
+def test_pas_and_amed_refuse_unipc_whose_corrector_discards_their_corrections():
+    """UniPC's corrector redoes each step from the raw model outputs: a correction fitted on the
+    predictor's state would mostly be lost, so PAS and AMED-Plugin refuse it and say why."""
+    from dode.core.oracle import GaussianMixture
+    from dode.errors import InvalidChoice
+    from dode.learn import fit_amed, fit_pas
+
+    model = GaussianMixture(torch.zeros(1, 4, dtype=torch.float64), [1.0])
+    noise = torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(InvalidChoice, match="corrector"):
+        fit_pas(model, noise, "unipc2_bh2", 5, scale=2)
+    with pytest.raises(InvalidChoice, match="corrector"):
+        fit_amed(model, noise, "unipc3_bh1", 4, scale=2)
