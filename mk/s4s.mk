@@ -47,9 +47,12 @@ LATENT_CKPT_coco = $(LATENT_SD)
 LATENT_CKPT_lsun_bedroom = $(LATENT_LDM)
 LATENT_TEACHER_ARGS = solver=$(word 1,$(subst :, ,$(LATENT_TEACHER))) nfe=$(word 2,$(subst :, ,$(LATENT_TEACHER))) distill=none
 latent_sweep = $(LATENT_RUN) $(LATENT_MODEL_$(1)) solver=$(LATENT_SOLVERS) distill=$(LATENT_LEARNED) 'nfe=[$(LATENT_NFES)]'
+# the metrics rendered per model: one table per model × base solver × metric (the CLIP score is higher-is-better)
+LATENT_EVALS_coco = $(subst $(comma), ,$(LATENT_EVALS_COCO))
+LATENT_EVALS_lsun_bedroom = fid50k
 latent_render = $(PYTHON) -m dode.report table-learned --results $(RESULTS) --dataset $(1) --checkpoint $(LATENT_CKPT_$(1)) \
-	--learned-solver $(2) --nfe $(LATENT_NFES) $(if $(LATENT_TEACHER),--teacher-noise $(LATENT_TEACHER)) \
-	--tables $(RESULTS)/tables/latent-$(2) --figures $(RESULTS)/figures/latent-$(2)
+	--learned-solver $(2) --metric $(3) --nfe $(LATENT_NFES) $(if $(LATENT_TEACHER),--teacher-noise $(LATENT_TEACHER)) \
+	--tables $(RESULTS)/tables/latent-$(2)-$(3) --figures $(RESULTS)/figures/latent-$(2)-$(3)
 
 .PHONY: table-latent runs-latent latent-files
 
@@ -63,4 +66,4 @@ ifneq ($(LATENT_TEACHER),)
 endif
 
 table-latent: runs-latent
-	$(foreach m,$(LATENT_MODELS),$(foreach s,$(subst $(comma), ,$(LATENT_SOLVERS)),$(call latent_render,$(m),$(s)) &&)) true
+	$(foreach m,$(LATENT_MODELS),$(foreach s,$(subst $(comma), ,$(LATENT_SOLVERS)),$(foreach e,$(LATENT_EVALS_$(m)),$(call latent_render,$(m),$(s),$(e)) &&))) true

@@ -1,7 +1,8 @@
 """CLIP score of text-to-image samples from local CLIP weights (an optional metric, ``metric: clip_score``).
 
-``CLIPScore = 100 · mean_i max(cos(E_I(image_i), E_T(prompt_i)), 0)`` (Hessel et al. 2021, with w = 100
-as torchmetrics' ``CLIPScore``): E_I and E_T are CLIP's projected image and text embeddings, the image
+``CLIPScore = 100 · mean_i max(cos(E_I(image_i), E_T(prompt_i)), 0)`` (Hessel et al. 2021's per-sample
+clamp, with torchmetrics' weight w = 100; torchmetrics' ``CLIPScore`` clamps the mean instead, which gives
+the same value whenever every cosine is positive, as for real text-to-image samples): E_I and E_T are CLIP's projected image and text embeddings, the image
 preprocessed by the weights' own ``CLIPImageProcessor`` (resize, center crop, normalisation) and the
 prompt tokenized by their ``CLIPTokenizer`` (truncated to its ``model_max_length``). Higher is better.
 

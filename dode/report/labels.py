@@ -22,6 +22,18 @@ def metric_label(metric: str | None) -> str:
 
 
 @lru_cache(maxsize=None)
+def higher_is_better(metric: str | None) -> bool:
+    """Whether a larger value of eval config ``metric`` is better (its ``better: higher``, e.g. the CLIP
+    score); distances (FD-digits, FID) are lower-is-better."""
+    return str(group_option("eval", str(metric)).get("better", "lower")) == "higher"
+
+
+def better_text(metric: str | None) -> str:
+    """"higher is better" or "lower is better" for ``metric``."""
+    return "higher is better" if higher_is_better(metric) else "lower is better"
+
+
+@lru_cache(maxsize=None)
 def solver_label(solver: str) -> str:
     """The ``label:`` of ``conf/solver/<solver>.yaml``, else the solver's name."""
     return str(group_option("solver", solver).get("label", solver))

@@ -15,7 +15,8 @@ import pandas as pd
 
 from dode.report import figures
 from dode.report.data import Selection, select
-from dode.report.labels import base_label, method_label, metric_label, reference_label, solver_label
+from dode.report.labels import (base_label, higher_is_better, method_label, metric_label, reference_label,
+                                 solver_label)
 from dode.report.options import Options
 from dode.report.protocol import SolverNFE, protocol, s4s_teacher
 from dode.report.registry import artifact
@@ -146,7 +147,7 @@ def _learned_tables(d: pd.DataFrame, curves: pd.DataFrame, ref: Reference, rows:
     table = [[r.label] + [c.text for c in cells[r]] for r in rows]
     table += [[f"reference: {ref.label}"] + [ref.cell.text] * len(nfes)] if ref.cell.n else []
     notes = [_goal(curves, rows, n, ratio, ref, info) for n, ratio in protocol().goals.items()]
-    notes.append(_not_worse(curves, rows, nfes))
+    notes.append(_not_worse(curves, rows, nfes, higher_is_better(info.metric)))
     caption = _caption(d, rows, info, opt, ck, name)
     tables = [Table(f"Learned solvers — {opt.dataset} · {ck}", header, table, caption, notes)]
     if ref.cell.n:
@@ -200,6 +201,8 @@ def _goal(curves: pd.DataFrame, rows: list[Row], nfe: int, goal: float, ref: Ref
     means = _means(curves)
     at = {r: means[(r.key, nfe)] for r in rows if r.learned and (r.key, nfe) in means}
     what = f"Goal (best learned solver at NFE {nfe} within {goal:g}× the reference's {metric_label(info.metric)})"
+    if higher_is_better(info.metric):
+        return f"{what}: not applicable ({metric_label(info.metric)} is higher-is-better; the goals are for distances)."
     if not at or not ref.cell.n:
         return f"{what}: not measured."
     best = min(at, key=at.get)
@@ -209,9 +212,9 @@ def _goal(curves: pd.DataFrame, rows: list[Row], nfe: int, goal: float, ref: Ref
             f"ratio {ratio:.2f}.")
 
 
-def _not_worse(curves: pd.DataFrame, rows: list[Row], nfes: list[int]) -> str:
-    """Whether every learned method's mean over seeds is at most its base solver's (the ``none`` row) at
-    every NFE both were run at, with the exceptions (``method@NFE``)."""
+def _not_worse(curves: pd.DataFrame, rows: list[Row], nfes: list[int], higher: bool = False) -> str:
+    """Whether every learned method's mean over seeds is at most (``higher``: at least) its base solver's
+    (the ``none`` row) at every NFE both were run at, with the exceptions (``method@NFE``)."""
     means = _means(curves)
     base = rows[0] if rows and rows[0].key == "none" else None
     pairs = [(r, n) for r in rows if r.learned for n in nfes
@@ -219,5 +222,6 @@ def _not_worse(curves: pd.DataFrame, rows: list[Row], nfes: list[int]) -> str:
     what = f"Every learned method at least as good as the base solver ({base.label if base else '—'}) at every NFE"
     if not pairs:
         return f"{what}: not measured."
-    worse = [f"{r.label}@{n}" for r, n in pairs if means[(r.key, n)] > means[(base.key, n)]]
+    sign = -1.0 if higher else 1.0
+    worse = [f"{r.label}@{n}" for r, n in pairs if sign * means[(r.key, n)] > sign * means[(base.key, n)]]
     return f"{what}: **{'no' if worse else 'yes'}**" + (f" — {', '.join(worse)}." if worse else ".")

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dode.report.data import Selection, stats
-from dode.report.labels import metric_label
+from dode.report.labels import better_text, metric_label
 from dode.report.options import Options
 from dode.runner.results import convention_note
 
@@ -90,7 +90,7 @@ def caption_common(info: Selection, seeds: Iterable, with_min: bool = False) -> 
     """The start of every caption: the metric, the samples per seed and the seeds (and, ``with_min``,
     that cells also show the minimum over them), then what the NFE count (the rows' conventions)."""
     seeds = sorted({int(s) for s in seeds})
-    text = (f"{metric_label(info.metric)} (lower is better) of {info.num_samples} samples per evaluation "
+    text = (f"{metric_label(info.metric)} ({better_text(info.metric)}) of {info.num_samples} samples per evaluation "
             f"seed; mean ± std over {len(seeds)} seed{'s' if len(seeds) != 1 else ''} ({', '.join(map(str, seeds))})")
     text += " and (min …) the minimum over them (EDM's convention)" if with_min else ""
     return f"{text}. {convention_note(info.nfe_conventions)}" if info.nfe_conventions else text

@@ -42,12 +42,13 @@ def test_table_latent_checks_files_then_sweeps_both_models_then_renders():
     assert seen == {("coco", e, s, d, n) for e in ("fid30k", "clip30k") for s in ("ddim", "dpmpp2m") for d in methods
                     for n in (4, 10)} | {("lsun_bedroom", "fid50k", s, d, n) for s in ("ddim", "dpmpp2m")
                                          for d in methods for n in (4, 10)}
-    renders = [c for c in cmds if c[3:4] == ["table-learned"]]
-    assert len(renders) == 4
-    for c in renders:
-        a = cli.parser().parse_args(c[3:])
-        assert a.what == ["table-learned"] and list(a.nfe) == [4, 10] and a.tables.endswith(f"latent-{a.learned_solver}")
-        assert (a.dataset, a.checkpoint) in {("coco", "sd-v1-5"), ("lsun_bedroom", "ldm-lsun-bedroom")}
+    renders = [cli.parser().parse_args(c[3:]) for c in cmds if c[3:4] == ["table-learned"]]
+    assert {(a.dataset, a.checkpoint, a.learned_solver, a.metric) for a in renders} == {
+        ("coco", "sd-v1-5", s, e) for s in ("ddim", "dpmpp2m") for e in ("fid30k", "clip30k")} | {
+        ("lsun_bedroom", "ldm-lsun-bedroom", s, "fid50k") for s in ("ddim", "dpmpp2m")}
+    for a in renders:  # one table per model, base solver and metric: none overwrites another
+        assert a.what == ["table-learned"] and list(a.nfe) == [4, 10]
+        assert a.tables.endswith(f"latent-{a.learned_solver}-{a.metric}") and len(renders) == 6
 
 
 @needs_make

@@ -471,3 +471,22 @@ def test_a_caption_states_what_the_nfe_of_its_rows_count():
     assert caption_common(Selection("fid30k", 10, conventions(rows.iloc[:2])), [0]).endswith(
         "two network passes per sample)")
     assert "NFE" not in caption_common(Selection("fid30k", 10), [0])
+
+
+def test_a_higher_is_better_metric_inverts_the_at_least_as_good_verdict_and_has_no_distance_goals():
+    """The CLIP score (conf/eval/clip30k.yaml `better: higher`): captions say so, a learned method is worse
+    than its base when its mean is lower, and the ratio goals (made for distances) do not apply."""
+    import pandas as pd
+
+    from dode.report import learned
+    from dode.report.labels import better_text, higher_is_better
+
+    assert higher_is_better("clip30k") and not higher_is_better("fid30k") and not higher_is_better("fd_digits")
+    assert better_text("clip30k") == "higher is better" and better_text("fd_digits") == "lower is better"
+    rows = [learned.Row("none", "DDIM", "ddim", "none"), learned.Row("dode", "D-DDIM", "ddim", "dode")]
+    curves = pd.DataFrame({"row": ["none", "dode", "none", "dode"], "nfe": [5, 5, 10, 10],
+                           "mean": [30.0, 31.0, 32.0, 31.5], "n": [3] * 4})
+    assert learned._not_worse(curves, rows, [5, 10], higher=True).endswith("**no** — D-DDIM@10.")
+    assert learned._not_worse(curves, rows, [5, 10]).endswith("**no** — D-DDIM@5.")
+    info = type("Info", (), {"metric": "clip30k"})()
+    assert "not applicable" in learned._goal(curves, rows, 5, 1.25, None, info)
