@@ -183,31 +183,38 @@ def read_runs(results_dir: str | Path) -> Any:
         return pd.DataFrame(columns=COLUMNS)
     check_runs(results_dir)
     df = pd.read_csv(path, dtype={k: str for k in TEXT_DEFAULTS})
-    for col, default in TEXT_DEFAULTS.items():
-        df[col] = df[col].fillna(default) if col in df.columns else default
-    return with_conventions(df, Path(results_dir))
+    return with_folder_columns(df, Path(results_dir))
 
 
-def _folder_convention(run_dir: str, results_dir: Path) -> str | None:
-    """The NFE convention of a run folder (as runs.csv names it, or its tail under ``results_dir``)
-    from its run.json; None when no run.json says."""
+def _folder_point(run_dir: str, results_dir: Path) -> dict | None:
+    """The point of a run folder (as runs.csv names it, or its tail under ``results_dir``) from its
+    run.json; None when no run.json says."""
     parts = Path(run_dir).parts
     for folder in [Path(run_dir)] + [results_dir.joinpath(*parts[k:]) for k in range(len(parts))]:
         info = read_json(folder / "run.json") if (folder / "run.json").is_file() else None
-        if isinstance(info, dict) and isinstance((info.get("point") or {}).get("checkpoint"), dict):
-            return nfe_convention(info["point"]["checkpoint"])
+        point = info.get("point") if isinstance(info, dict) else None
+        if isinstance(point, dict) and isinstance(point.get("checkpoint"), dict):
+            return point
     return None
 
 
-def with_conventions(table: Any, results_dir: Path) -> Any:
-    """``table`` with every empty ``nfe_convention`` (rows of files written before the column) filled
-    from its run folder; rows whose folder is gone stay empty (unknown)."""
+def with_folder_columns(table: Any, results_dir: Path) -> Any:
+    """``table`` with the columns newer than its file filled from each row's run folder: an empty
+    ``nfe_convention`` (None when the folder is gone: unknown) and, when the file has no ``grid``
+    column, ``grid`` (:data:`TEXT_DEFAULTS` when the folder is gone)."""
+    grid_missing = "grid" not in table.columns
     if "nfe_convention" not in table.columns:
         table["nfe_convention"] = None
     table["nfe_convention"] = table["nfe_convention"].astype(object)
     empty = table["nfe_convention"].isna()
-    known = {d: _folder_convention(d, results_dir) for d in table.loc[empty, "run_dir"].astype(str).unique()}
-    table.loc[empty, "nfe_convention"] = [known[d] for d in table.loc[empty, "run_dir"].astype(str)]
+    wanted = table["run_dir"].astype(str)[empty | grid_missing].unique()
+    points = {d: _folder_point(d, results_dir) for d in wanted}
+    table.loc[empty, "nfe_convention"] = [None if points[d] is None else nfe_convention(points[d]["checkpoint"])
+                                          for d in table.loc[empty, "run_dir"].astype(str)]
+    if grid_missing:
+        table["grid"] = [TEXT_DEFAULTS["grid"] if points[d] is None else grid_text(points[d].get("solver") or {})
+                         for d in table["run_dir"].astype(str)]
+    table["grid"] = table["grid"].fillna(TEXT_DEFAULTS["grid"])
     return table
 
 

@@ -91,7 +91,8 @@ def warm_metric(point: Point, device: str) -> None:
     """Start reading (digits: computing) the reference statistics of ``point``'s metric, and importing
     the Fréchet distance's library, in a daemon thread (once per process and metric); its errors are
     left to the metric stage, which raises them itself (:func:`compute_metric` joins the thread first).
-    The statistics are the cached ones the stage reads, so values do not change."""
+    The statistics are the cached ones the stage reads, so values do not change; on a GPU the digits
+    reference is not computed here (its features would run under whatever cuDNN flags the fit set)."""
     key = _metric_key(point, device)
     if key is None or key in _WARMING:
         return
@@ -100,8 +101,9 @@ def warm_metric(point: Point, device: str) -> None:
     name, kw = point.metric_name(), point.metric_kwargs(device)
 
     def warm() -> None:
-        try:
-            metrics.reference_stats(name, **kw)
+        try:  # on an accelerator the digits' features wait for the stage (the fit may switch cuDNN's flags)
+            if name != "fd_digits" or str(device) == "cpu":
+                metrics.reference_stats(name, **kw)
             metrics.frechet_distance(np.zeros(1), np.eye(1), np.zeros(1), np.eye(1))
         except Exception:  # noqa: BLE001 - reported by the metric stage, which repeats the call
             pass

@@ -72,6 +72,8 @@ def test_the_grid_column_round_trips_and_an_older_file_reads_as_the_default_grid
     (folder / "seed-0" / "metrics" / "m.json").write_text(json.dumps({"value": 1.0, "seed": 0, "num_samples": 8,
                                                                       "metric": "m"}))
     assert [r["grid"] for r in folder_rows(tmp_path, folder)] == ["dmn"]
+    (tmp_path / "runs.csv").write_text(f"run_dir,seed,num_samples,metric,value\n{folder},0,8,m,1.0\n")
+    assert read_runs(tmp_path)["grid"].tolist() == ["dmn"]  # a file older than the column: read from run.json
 
 
 def test_the_summary_says_lower_is_better_and_shows_the_paired_difference(tmp_path):
