@@ -98,14 +98,14 @@ def cost_matrix(states: Tensor, outputs: Tensor, sigmas: Tensor, metric: str = "
         raise InvalidChoice(f"unknown GITS metric {metric!r}; valid: {', '.join(METRICS)}")
     m = len(sigmas) - 1
     dim = states[0, 0].numel()
-    flat_x, flat_d = states.flatten(2).double(), outputs.flatten(2).double()
+    flat_x, flat_d = states.flatten(2), outputs.flatten(2)
     cost = torch.full((m + 1, m + 1), math.inf, dtype=torch.float64)
-    for i in range(m):
-        s = float(sigmas[i])
-        jumps = torch.stack([ddim_step(flat_x[i], flat_d[i], s, float(t)) for t in sigmas[i + 1:]])
-        diff = jumps - flat_x[i + 1:]
-        norm = diff.norm(dim=-1) / math.sqrt(dim) if metric == "l2" else diff.abs().sum(-1) / dim
-        cost[i, i + 1:] = norm.mean(-1)
+    for i in range(m):  # pair by pair in float64: memory of one batch of states, not of the trajectory's
+        s, x_i, d_i = float(sigmas[i]), flat_x[i].double(), flat_d[i].double()
+        for j in range(i + 1, m + 1):
+            diff = ddim_step(x_i, d_i, s, float(sigmas[j])) - flat_x[j].double()
+            norm = diff.norm(dim=-1) / math.sqrt(dim) if metric == "l2" else diff.abs().sum(-1) / dim
+            cost[i, j] = norm.mean()
     return cost
 
 
