@@ -108,8 +108,14 @@ def _load_weights_only(path: Path, label: str):
             raise CheckpointError(f"{label}: {path} pickles objects other than tensors and Lightning's extras "
                                   f"({', '.join(other[:5])}); dode loads checkpoints without running pickled "
                                   "code and refuses it. Re-save its state_dict alone with torch.save") from None
-        with torch.serialization.safe_globals([(_Inert, g) for g in found]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals([(_Inert, g) for g in found]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e2:  # noqa: BLE001 - extras of a shape the placeholders cannot take (dict subclasses)
+            raise CheckpointError(f"{label}: {path} pickles Lightning extras ({', '.join(found[:5])}) of a shape "
+                                  f"dode's placeholders cannot take ({type(e2).__name__}); dode never runs pickled "
+                                  "code. Re-save its state_dict alone with torch.save (in an environment you "
+                                  "trust)") from None
 
 
 def read_state_dict(path: Path, label: str) -> dict[str, Tensor]:

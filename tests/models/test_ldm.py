@@ -87,3 +87,27 @@ def test_missing_or_mismatched_ldm_files_are_named(tiny, tmp_path):
         load_checkpoint(cfg(folder, ldm_config={"path": str(tmp_path / "config.yaml")}))
     with pytest.raises(CheckpointError, match=f"makes {DD['resolution']}×{DD['resolution']} images"):
         load_checkpoint(cfg(folder, resolution=256))
+
+
+def test_lightning_extras_of_a_dict_shape_are_refused_with_the_reason(tmp_path):
+    """A Lightning extra that is a dict subclass (e.g. AttributeDict in hyper_parameters) cannot be an inert
+    placeholder: refused with its name and the advice to re-save the state_dict, never torch's advice to
+    load with weights_only=False."""
+    unet, vq = tiny_ldm(seed=2)
+    mod, before = types.ModuleType("pytorch_lightning"), sys.modules.get("pytorch_lightning")
+
+    class AttributeDict(dict):
+        pass
+
+    AttributeDict.__module__, AttributeDict.__qualname__ = "pytorch_lightning", "AttributeDict"
+    mod.AttributeDict = AttributeDict
+    sys.modules["pytorch_lightning"] = mod
+    try:
+        write_ldm(tmp_path, unet, vq, extras={"hyper_parameters": AttributeDict(lr=1.0)})
+    finally:
+        sys.modules.pop("pytorch_lightning")
+        if before is not None:
+            sys.modules["pytorch_lightning"] = before
+    with pytest.raises(CheckpointError, match=r"pytorch_lightning.AttributeDict.*Re-save its state_dict") as e:
+        load_checkpoint(cfg(tmp_path))
+    assert "weights_only set to False" not in str(e.value)
