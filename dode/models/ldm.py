@@ -247,6 +247,10 @@ class LDMDenoiser(VPDenoiser):
         self.decode_batch = int(decode_batch)
         self.latent_shape = (int(unet.config.in_channels), int(unet.config.sample_size), int(unet.config.sample_size))
         self.scale_factor = 2 ** (len(vq.config.block_out_channels) - 1)  # pixels per latent along an axis
+        # the config's numbers in the state dict, so the weights digest (run.json, fitted corrections) changes
+        # with config.yaml's scale_factor or β schedule, not only with the .ckpt
+        self.register_buffer("config_numbers", torch.cat([torch.tensor([self.latent_scale], dtype=torch.float64),
+                                                          schedule.alphas_cumprod.to(torch.float64).cpu()]))
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:

@@ -111,3 +111,14 @@ def test_lightning_extras_of_a_dict_shape_are_refused_with_the_reason(tmp_path):
     with pytest.raises(CheckpointError, match=r"pytorch_lightning.AttributeDict.*Re-save its state_dict") as e:
         load_checkpoint(cfg(tmp_path))
     assert "weights_only set to False" not in str(e.value)
+
+
+def test_the_weights_digest_follows_the_config_scale_factor(tmp_path):
+    """config.yaml's scale_factor is not in the .ckpt: it is in the denoiser's state dict, so the weights digest
+    (run.json's, a fitted correction's `model`) changes when only the config changes."""
+    from dode.core.denoisers import weights_digest
+
+    unet, vq = tiny_ldm(seed=3)
+    digests = {s: weights_digest(load_checkpoint(cfg(write_ldm(tmp_path / str(s), unet, vq, scale_factor=s))))
+               for s in (0.5, 0.25)}
+    assert digests[0.5] != digests[0.25] and None not in digests.values()
