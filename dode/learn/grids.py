@@ -123,7 +123,6 @@ def sample_learned(denoiser, noise: Tensor, correction: Correction) -> Tensor:
     return sample(denoiser, noise, prov["solver"], int(prov["nfe"]), correction, grid_of(correction, grid))
 
 
-
 def guarded(fitted: Correction, denoiser, noise: Tensor, grid: GridSpec,
             reference: Callable[[float], Tensor]) -> Correction:
     """dode's guard (not in GITS or AMED): ``fitted`` if its final samples from the fit batch ``noise``
@@ -142,7 +141,7 @@ def guarded(fitted: Correction, denoiser, noise: Tensor, grid: GridSpec,
     kept = d_fit < d_base
     record = {"guard": True, "distance_fit": d_fit, "distance_base": d_base, "kept": kept, "fallback": not kept}
     if kept:
-        return Correction(fitted.form, fitted.theta, provenance={**prov, **record}, afs=fitted.afs)
+        return Correction(fitted.form, fitted.theta, fitted.space, {**prov, **record}, fitted.afs)
     moved = ("grid", "sigmas", "afs", "grid_learned", "grid_changed")
     sig = [float(v) for v in base]
     return Correction.from_lambdas([0.0] * nfe, **{k: v for k, v in prov.items() if k not in moved},
