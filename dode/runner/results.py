@@ -29,14 +29,14 @@ KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples",
            "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode",
-           "nfe_convention", "grid"]
+           "nfe_convention", "grid", "guidance"]
 # what the `nfe` of a row counts; a paper counting network passes reports 2 × a `guided` row's nfe
 NFE_CONVENTIONS = {
     "network": "one NFE = one network evaluation of the batch (no guidance)",
     "guided": "one NFE = one guided evaluation D_w = D(∅) + w·(D(c) − D(∅)), one network call on the doubled "
               "batch [x; x] (two network passes per sample)",
 }
-TEXT_DEFAULTS = {"grid": ""}  # text columns newer than some runs.csv files: their value in an older file
+TEXT_DEFAULTS = {"grid": "", "guidance": ""}  # text columns newer than some files: their value when unknown
 
 
 class CorruptRunsCsv(UserError, ValueError):
@@ -66,6 +66,18 @@ def grid_text(solver: dict) -> str:
     return " ".join(parts)
 
 
+def guidance_text(checkpoint: Mapping) -> str:
+    """The ``guidance`` column: the classifier-free guidance scale w of a checkpoint config (``"7.5"``),
+    ``""`` without guidance."""
+    scale = (checkpoint.get("guidance") or {}).get("scale")
+    return "" if scale is None else f"{float(scale):g}"
+
+
+# the text columns a run folder's point determines (filled from run.json for files older than them)
+FOLDER_TEXT = {"grid": lambda point: grid_text(point.get("solver") or {}),
+               "guidance": lambda point: guidance_text(point.get("checkpoint") or {})}
+
+
 def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: float | None) -> dict:
     """The runs.csv row of one seed of ``point`` (K, B and the fit seed only for fitted corrections)."""
     c = point.choices
@@ -81,6 +93,7 @@ def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: fl
         "mode": result.get("mode"),  # the FID mode (clean, legacy_tensorflow, legacy_pytorch); none for FD-digits
         "nfe_convention": nfe_convention(point.checkpoint),
         "grid": grid_text(point.solver),
+        "guidance": guidance_text(point.checkpoint),
     }
 
 
@@ -175,7 +188,8 @@ def _write_table(path: Path, table: Any) -> None:
 def read_runs(results_dir: str | Path) -> Any:
     """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none);
     a corrupt file is a :class:`CorruptRunsCsv`. A file older than a text column of
-    :data:`TEXT_DEFAULTS` reads with that column's default (``grid``: ``""``, the paper protocol)."""
+    :data:`TEXT_DEFAULTS` reads it from each row's run.json, else that column's default (``grid``: ``""``,
+    the paper protocol; ``guidance``: ``""``, none)."""
     import pandas as pd
 
     path = Path(results_dir) / RUNS_CSV
@@ -200,21 +214,22 @@ def _folder_point(run_dir: str, results_dir: Path) -> dict | None:
 
 def with_folder_columns(table: Any, results_dir: Path) -> Any:
     """``table`` with the columns newer than its file filled from each row's run folder: an empty
-    ``nfe_convention`` (None when the folder is gone: unknown) and, when the file has no ``grid``
-    column, ``grid`` (:data:`TEXT_DEFAULTS` when the folder is gone)."""
-    grid_missing = "grid" not in table.columns
+    ``nfe_convention`` (None when the folder is gone: unknown) and the :data:`FOLDER_TEXT` columns the
+    file lacks (:data:`TEXT_DEFAULTS` when the folder is gone)."""
+    missing = [c for c in FOLDER_TEXT if c not in table.columns]
     if "nfe_convention" not in table.columns:
         table["nfe_convention"] = None
     table["nfe_convention"] = table["nfe_convention"].astype(object)
     empty = table["nfe_convention"].isna()
-    wanted = table["run_dir"].astype(str)[empty | grid_missing].unique()
+    wanted = table["run_dir"].astype(str)[empty | bool(missing)].unique()
     points = {d: _folder_point(d, results_dir) for d in wanted}
     table.loc[empty, "nfe_convention"] = [None if points[d] is None else nfe_convention(points[d]["checkpoint"])
                                           for d in table.loc[empty, "run_dir"].astype(str)]
-    if grid_missing:
-        table["grid"] = [TEXT_DEFAULTS["grid"] if points[d] is None else grid_text(points[d].get("solver") or {})
-                         for d in table["run_dir"].astype(str)]
-    table["grid"] = table["grid"].fillna(TEXT_DEFAULTS["grid"])
+    for col in missing:
+        table[col] = [TEXT_DEFAULTS[col] if points[d] is None else FOLDER_TEXT[col](points[d])
+                      for d in table["run_dir"].astype(str)]
+    for col, default in TEXT_DEFAULTS.items():
+        table[col] = table[col].fillna(default)
     return table
 
 

@@ -490,3 +490,22 @@ def test_a_higher_is_better_metric_inverts_the_at_least_as_good_verdict_and_has_
     assert learned._not_worse(curves, rows, [5, 10]).endswith("**no** — D-DDIM@5.")
     info = type("Info", (), {"metric": "clip30k"})()
     assert "not applicable" in learned._goal(curves, rows, 5, 1.25, None, info)
+
+
+def test_a_table_shows_one_guidance_scale_and_says_which_others_it_left_out():
+    """Runs of one checkpoint under two guidance scales never share a table: the most common scale is
+    shown (runs.csv's `guidance`), a note names the other."""
+    import pandas as pd
+
+    from dode.report.data import select
+
+    said = []
+    opt = type("Opt", (), {"dataset": "coco", "metric": None, "num_samples": None, "fit_seed": 0,
+                           "say": staticmethod(said.append)})()
+    base = {"dataset": "coco", "checkpoint": "sd", "solver": "ddim", "distill": "none", "nfe": 5, "scale": None,
+            "batch": None, "fit_seed": None, "metric": "fid30k", "num_samples": 30000, "grid": "", "lam": float("nan")}
+    rows = [{**base, "seed": s, "value": v, "guidance": w, "run_path": f"/r/{w}", "run_dir": f"/r/{w}"}
+            for s, (v, w) in enumerate([(10.0, "7.5"), (11.0, "7.5"), (20.0, "3")])]
+    d, info = select(pd.DataFrame(rows), opt, "sd")
+    assert d["guidance"].tolist() == ["7.5", "7.5"] and d["value"].tolist() == [10.0, 11.0]
+    assert info.metric == "fid30k" and any("guidance scale 7.5 shown" in s and "3" in s for s in said)

@@ -73,7 +73,8 @@ def test_the_grid_column_round_trips_and_an_older_file_reads_as_the_default_grid
                                                                       "metric": "m"}))
     assert [r["grid"] for r in folder_rows(tmp_path, folder)] == ["dmn"]
     (tmp_path / "runs.csv").write_text(f"run_dir,seed,num_samples,metric,value\n{folder},0,8,m,1.0\n")
-    assert read_runs(tmp_path)["grid"].tolist() == ["dmn"]  # a file older than the column: read from run.json
+    old_file = read_runs(tmp_path)  # a file older than the columns: read from run.json
+    assert old_file["grid"].tolist() == ["dmn"] and old_file["guidance"].tolist() == [""]
 
 
 def test_the_summary_says_lower_is_better_and_shows_the_paired_difference(tmp_path):
@@ -112,8 +113,9 @@ def test_a_row_states_its_nfe_convention_and_the_summary_says_it(tmp_path):
     assert [r["nfe_convention"] for r in rows] == ["network", "guided"]
     record(tmp_path, rows)
     back = read_runs(tmp_path)
-    assert list(back.columns) == COLUMNS and COLUMNS[-3:] == ["mode", "nfe_convention", "grid"]
+    assert list(back.columns) == COLUMNS and COLUMNS[-4:] == ["mode", "nfe_convention", "grid", "guidance"]
     assert back.set_index("value").loc[2.0, "nfe_convention"] == "guided"
+    assert back.set_index("value")["guidance"].to_dict() == {1.0: "", 2.0: "7.5"}  # the scale w, as text
     lines = summary([base, dode]).splitlines()
     assert lines[-2] == f"NFE — network: {NFE_CONVENTIONS['network']}"
 

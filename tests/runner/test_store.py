@@ -46,7 +46,7 @@ PINNED = [
     (["distill=s4s_alt_fd", "nfe=[5]"], DIGITS,
      ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt_fd-K10-B100-3ea5a75a"]),
     (["distill=ld3", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-ld3-K10-B100-3b165224"]),
-    (["distill=gits", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-gits-K10-B100-7836b0c0"]),
+    (["distill=gits", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-gits-K10-B100-3cbd230c"]),
 ]
 EVAL_IDS = {"digits": "fd_digits-n10000-0c4793", "imagenet64": "fid50k-n50000-85d1fc",
             "imagenet128": "fid50k-n50000-ca13b6", "cifar10": "fid50k-n50000-276145"}
