@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from torch import Tensor
 
 from dode.core.forms import Correction
-from dode.errors import UserError
+from dode.core.protocols import GridSpec, Preset
+from dode.errors import InvalidChoice, UserError
 from dode.learn import (fit_amed, fit_authors, fit_correction, fit_gits, fit_iia, fit_ld3, fit_pas, fit_s4s,
                         fit_s4s_alt)
 from dode.learn.s4s import Reduce, alone
@@ -173,12 +174,35 @@ def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, proven
                    reduce=reduce, **options(point.distill, S4S_OPTIONS), **provenance)
 
 
-@register("s4s_alt", parallel=True)
+def start_grid(point: Point) -> GridSpec:
+    """The grid a grid search starts from: the distill config's ``init_grid`` spacing (e.g. ``dmn``) on
+    the run's protocol when the run sets no ``solver.grid`` of its own; else (or with ``init_grid:
+    null``) the run's grid."""
+    init, s = point.distill.get("init_grid"), point.solver
+    if init is None or s.get("grid") is not None:
+        return point.grid
+    try:
+        return Preset(str(s.get("protocol") or "paper"), str(init), s.get("endpoint"), s.get("inner"))
+    except InvalidChoice as e:
+        raise UserError(f"distill.init_grid={init!r}: {e}") from None
+
+
+def check_init_grid(distill: dict) -> None:
+    """A check: ``init_grid`` is null or a grid spacing (refused before any work)."""
+    init = distill.get("init_grid")
+    if init is not None:
+        try:
+            Preset("paper", str(init))
+        except InvalidChoice as e:
+            raise UserError(f"distill.init_grid={init!r}: {e}") from None
+
+
+@register("s4s_alt", parallel=True, check=check_init_grid)
 def fit_s4s_alt_method(denoiser, noise: Tensor, point: Point, progress: bool, provenance: dict,
                        reduce: Reduce = alone) -> Correction:
-    """S4S-Alt: :func:`dode.learn.fit_s4s_alt` with the set :data:`S4S_OPTIONS` and
-    :data:`S4S_ALT_OPTIONS` of the distill config; the learned grid is in the provenance."""
-    return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=point.grid,
+    """S4S-Alt: :func:`dode.learn.fit_s4s_alt` from :func:`start_grid` with the set :data:`S4S_OPTIONS`
+    and :data:`S4S_ALT_OPTIONS` of the distill config; the learned grid is in the provenance."""
+    return fit_s4s_alt(denoiser, noise, point.solver["name"], point.nfe, grid=start_grid(point),
                        progress=progress, reduce=reduce, **options(point.distill, S4S_OPTIONS),
                        **options(point.distill, S4S_ALT_OPTIONS), **provenance)
 
