@@ -106,3 +106,23 @@ def test_amed_runs_end_to_end_on_the_embedded_model(tmp_path, capsys):
     assert corr.form == "amed" and corr.afs is not None and len(corr.theta) == 5 and corr.provenance["grid_learned"]
     assert set(read_runs(tmp_path)["distill"]) == {"none", "amed"}
     assert "AMED-Plugin (DDIM) (amed)" in capsys.readouterr().out  # conf/distill/amed.yaml's label
+
+
+def test_s4s_alt_starts_from_dmn_steps_unless_the_run_sets_its_own_grid(models, tmp_path, capsys):
+    """distill.init_grid (S4S-Alt's default dmn): the search starts from DMN's steps on the run's protocol;
+    a run's own solver.grid wins; null starts from the protocol grid; a bad name is refused before work."""
+    from dode.core.sampling import solver_grid
+    from dode.runner.methods import check_init_grid, start_grid
+
+    default, own, off = (_point("s4s_alt", *extra) for extra in
+                         ((), ("solver.grid=logsnr",), ("distill.init_grid=null",)))
+    assert start_grid(default).spacing == "dmn" and start_grid(own).spacing == "logsnr"
+    assert start_grid(off) == off.grid and start_grid(own) == own.grid
+    fitted = _fit(models, _point("s4s_alt", "distill.iters=2", "distill.round_iters=1", "distill.rounds=1",
+                                 "distill.grid_iters=2"))
+    dmn = solver_grid(models["edm"], "ddim", 4, start_grid(default))[1]
+    assert fitted.provenance["base_sigmas"] == [float(v) for v in dmn]
+    with pytest.raises(UserError, match="init_grid='dnm'.*valid: .*dmn"):
+        check_init_grid({"init_grid": "dnm"})
+    assert run_main(f"results_dir={tmp_path}", "distill=s4s_alt", "distill.init_grid=dnm", "nfe=[4]") == 2
+    assert "init_grid='dnm'" in capsys.readouterr().err and not list(tmp_path.rglob("run.json"))

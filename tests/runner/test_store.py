@@ -41,10 +41,10 @@ PINNED = [
     (["distill=s4s", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s-K10-B100-5dfddde9"]),
     # S4S-Alt's changed again when its distill file gained the gradient grid search and the relaxed objective
     # (issue 17; before: s4s_alt 115f5008, s4s_alt_fd 29f2b609)
-    (["distill=s4s_alt", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt-K10-B100-1f17d401"]),
+    (["distill=s4s_alt", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt-K10-B100-199b425f"]),
     (["distill=s4s_fd", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_fd-K10-B100-f1bcc26f"]),
     (["distill=s4s_alt_fd", "nfe=[5]"], DIGITS,
-     ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt_fd-K10-B100-3ea5a75a"]),
+     ["ddim-nfe5-none-d207200c", "ddim-nfe5-s4s_alt_fd-K10-B100-699855d1"]),
     (["distill=ld3", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-ld3-K10-B100-3b165224"]),
     (["distill=gits", "nfe=[5]"], DIGITS, ["ddim-nfe5-none-d207200c", "ddim-nfe5-gits-K10-B100-3cbd230c"]),
 ]
