@@ -174,27 +174,29 @@ def fit_s4s_method(denoiser, noise: Tensor, point: Point, progress: bool, proven
                    reduce=reduce, **options(point.distill, S4S_OPTIONS), **provenance)
 
 
-def start_grid(point: Point) -> GridSpec:
-    """The grid a grid search starts from: the distill config's ``init_grid`` spacing (e.g. ``dmn``) on
-    the run's protocol when the run sets no ``solver.grid`` of its own; else (or with ``init_grid:
-    null``) the run's grid."""
-    init, s = point.distill.get("init_grid"), point.solver
-    if init is None or s.get("grid") is not None:
-        return point.grid
+def _init_preset(init: Any, solver: dict) -> Preset:
+    """The protocol of ``solver`` with the spacing ``init`` (a :class:`UserError` naming distill.init_grid
+    and the valid spacings for an unknown one)."""
     try:
-        return Preset(str(s.get("protocol") or "paper"), str(init), s.get("endpoint"), s.get("inner"))
+        return Preset(str(solver.get("protocol") or "paper"), str(init), solver.get("endpoint"), solver.get("inner"))
     except InvalidChoice as e:
         raise UserError(f"distill.init_grid={init!r}: {e}") from None
 
 
+def start_grid(point: Point) -> GridSpec:
+    """The grid a grid search starts from: the distill config's ``init_grid`` spacing (e.g. ``dmn``) on
+    the run's protocol when the run sets no ``solver.grid`` of its own; else (or with ``init_grid:
+    null``) the run's grid."""
+    init = point.distill.get("init_grid")
+    if init is None or point.solver.get("grid") is not None:
+        return point.grid
+    return _init_preset(init, point.solver)
+
+
 def check_init_grid(distill: dict) -> None:
     """A check: ``init_grid`` is null or a grid spacing (refused before any work)."""
-    init = distill.get("init_grid")
-    if init is not None:
-        try:
-            Preset("paper", str(init))
-        except InvalidChoice as e:
-            raise UserError(f"distill.init_grid={init!r}: {e}") from None
+    if distill.get("init_grid") is not None:
+        _init_preset(distill["init_grid"], {})
 
 
 @register("s4s_alt", parallel=True, check=check_init_grid)
