@@ -82,6 +82,8 @@ LEARNED_SOLVER ?= $(PAPER_LEARNED_SOLVER)
 LEARNED ?= $(PAPER_LEARNED)
 # un-learned base solvers shown next to them (conf/paper.yaml learned.bases): SOLVER or SOLVER@GRID (solver.grid)
 LEARNED_BASES ?= $(PAPER_LEARNED_BASES)
+# learned methods also fitted on more noises (conf/paper.yaml learned.extra_batches): METHOD:B, a row each
+LEARNED_EXTRA ?= $(PAPER_LEARNED_EXTRA)
 TEACHER_NOISE ?= $(PAPER_TEACHER_NOISE)
 TEACHER_EDM ?= $(PAPER_TEACHER_EDM)
 LEARNED_REPORT = --learned-solver $(LEARNED_SOLVER) --nfe $(NFES_LEARNED) --teacher-noise $(TEACHER_NOISE) \
@@ -146,20 +148,24 @@ else ifneq ($(CHECKPOINT),)
 	$(RUN) 'seeds=[0]' $(NOISE_MODEL) solver=ddim distill=dode 'nfe=[$(NFES_SAMPLES_EULER)]'
 endif
 
-# The learned solvers next to their base solver over NFE, on both models; the un-learned base solvers
-# of LEARNED_BASES at the same NFE; and each model's reference solver once (digits-ddpm: 1000 DDIM
+# The learned solvers next to their base solver over NFE, on both models (and those of LEARNED_EXTRA
+# again on their own fit batch B); the un-learned base solvers of LEARNED_BASES at the same NFE; and each model's reference solver once (digits-ddpm: 1000 DDIM
 # steps; digits-edm: 200 Heun steps).
 teacher_args = solver=$(word 1,$(subst :, ,$(1))) nfe=$(word 2,$(subst :, ,$(1))) distill=none
 base_args = solver=$(word 1,$(subst @, ,$(1))) distill=none$(if $(word 2,$(subst @, ,$(1))), solver.grid=$(word 2,$(subst @, ,$(1))))
 bases_of = $(foreach b,$(subst $(comma), ,$(LEARNED_BASES)),$(RUN) $(RUN_SEEDS) $(1) $(call base_args,$(b)) 'nfe=[$(NFES_LEARNED)]' &&) true
+extra_args = distill=$(word 1,$(subst :, ,$(1))) batch=$(word 2,$(subst :, ,$(1)))
+extras_of = $(foreach e,$(subst $(comma), ,$(LEARNED_EXTRA)),$(RUN) $(RUN_SEEDS) $(1) solver=$(LEARNED_SOLVER) $(call extra_args,$(e)) 'nfe=[$(NFES_LEARNED)]' &&) true
 runs-learned:
 ifneq ($(CHECKPOINT),)
 	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(call extras_of,$(NOISE_MODEL))
 	$(call bases_of,$(NOISE_MODEL))
 	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) $(call teacher_args,$(TEACHER_NOISE))
 endif
 ifneq ($(EDM_CHECKPOINT),)
 	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
+	$(call extras_of,$(EDM_MODEL))
 	$(call bases_of,$(EDM_MODEL))
 	$(RUN) $(RUN_SEEDS) $(EDM_MODEL) $(call teacher_args,$(TEACHER_EDM))
 endif

@@ -134,6 +134,7 @@ def make_variables(dataset: str) -> list[str]:
               "NOISE_SOLVERS": _csv(p.noise_solvers), "TABLE_NFE": _csv(p.table_nfe),
               "LEARNED_SOLVER": p.learned_solver, "LEARNED_NFE": _csv(p.learned_nfe),
               "LEARNED": _csv(p.learned_for(dataset)), "LEARNED_BASES": _csv(b.text for b in p.bases),
+              "LEARNED_EXTRA": _csv(f"{m}:{b}" for m, b in p.extra_batches_for(dataset)),
               "TEACHER_NOISE": _text(p.teachers["noise"]), "TEACHER_EDM": _text(p.teachers["edm"]),
               "SAMPLES_NFE_DDIM": _csv(p.samples_nfe["ddim"]), "SAMPLES_NFE_HEUN": _csv(p.samples_nfe["heun"])}
     values.update({f"SWEEP_{a.name}": a.sweep or "" for a in ARTIFACTS.values()})

@@ -36,13 +36,15 @@ def learned_methods() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Row:
     """A row of table-learned: ``key`` (the frame's ``row`` column), its label, and the runs it shows:
-    ``solver`` with ``distill`` on the solver grid ``grid`` (runs.csv's column; "": the protocol's)."""
+    ``solver`` with ``distill`` on the solver grid ``grid`` (runs.csv's column; "": the protocol's), fitted
+    on ``batch`` noises (None: the table's B; conf/paper.yaml ``learned.extra_batches``)."""
 
     key: str
     label: str
     solver: str
     distill: str
     grid: str = ""
+    batch: int | None = None
 
     @property
     def learned(self) -> bool:
@@ -51,11 +53,15 @@ class Row:
 
 
 def table_rows(solver: str) -> list[Row]:
-    """The learned solver's own row, the un-learned bases of ``learned.bases``, then the learned methods."""
+    """The learned solver's own row, the un-learned bases of ``learned.bases``, then the learned methods,
+    each followed by its rows of ``learned.extra_batches`` (``"…, B = 400"``)."""
+    p = protocol()
     own = [Row(m, method_label(solver, m), solver, m) for m in learned_methods()]
-    bases = [Row(f"base:{b.text}", base_label(b.solver, b.grid), b.solver, "none", b.grid) for b in protocol().bases
+    bases = [Row(f"base:{b.text}", base_label(b.solver, b.grid), b.solver, "none", b.grid) for b in p.bases
              if (b.solver, b.grid) != (solver, "")]
-    return own[:1] + bases + own[1:]
+    learned = [x for r in own[1:] for x in [r] + [Row(f"{r.key}@B{b}", f"{r.label}, B = {b}", solver, r.distill,
+                                                      batch=b) for b in p.extra_batches.get(r.distill, ())]]
+    return own[:1] + bases + learned
 
 
 @dataclass
@@ -89,17 +95,18 @@ def table_learned(runs: pd.DataFrame, opt: Options) -> list[Path]:
 def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -> list[Path]:
     """The tables, CSV and figure of one checkpoint."""
     s, with_min = opt.learned_solver, opt.with_min(ck)
-    d, info = select(runs, opt, ck, scale=opt.scale, batch=opt.batch)
+    d, info = select(runs, opt, ck, scale=opt.scale)  # fits of every B: each row keeps its own
     ref_rows = rows_of(d, distill="none", solver=teacher[0], nfe=teacher[1])
     ref = Reference(*teacher, ref_rows, cell(ref_rows, with_min))
-    own = d[(d["solver"] == s) & d["distill"].isin(learned_methods())]
-    if not own["distill"].isin([m for m in learned_methods() if m not in ("none", "dode")]).any():
+    rows = table_rows(s)
+    own = [r for r in rows if not r.key.startswith("base:")]
+    parts = [_fitted_on(d[(d["solver"] == s) & (d["distill"] == r.distill)], r.batch or opt.batch).assign(row=r.key)
+             for r in own]
+    if not any(len(p) for p, r in zip(parts, own) if r.distill not in ("none", "dode")):
         opt.say(f"table-learned: no {s} runs of IIA or S4S of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; "
                 "skipped")
         return []
-    rows = table_rows(s)
     same = dataclasses.replace(opt, metric=info.metric, num_samples=info.num_samples)  # a base on its own grid
-    parts = [own.assign(row=own["distill"])]
     for r in (r for r in rows if r.key.startswith("base:")):
         g = select(runs, same, ck, grid=r.grid)[0] if r.grid else d
         parts.append(rows_of(g, solver=r.solver, distill="none").assign(row=r.key))
@@ -124,17 +131,25 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
         caption_common(info, d["seed"].unique()), metric, opt.figures / name)
 
 
+def _fitted_on(d: pd.DataFrame, batch: int) -> pd.DataFrame:
+    """The runs of ``d`` fitted on ``batch`` noises, and the un-fitted ones (no fit seed)."""
+    return d[d["fit_seed"].isna() | (d["batch"] == batch)]
+
+
 def _caption(d: pd.DataFrame, rows: list[Row], info: Selection, opt: Options, ck: str, name: str) -> str:
     t_solver, t_nfe = s4s_teacher()
     teacher = "Heun" if t_solver == "heun" else solver_label(t_solver)
-    learned = ", ".join(r.label for r in rows if r.learned)
+    learned = ", ".join(r.label for r in rows if r.learned and r.batch is None)
+    more = sorted({r.batch for r in rows if r.batch is not None})
     bases = [r.label for r in rows if r.key.startswith("base:")]
     return (caption_common(info, d["seed"].unique(), opt.with_min(ck))
             + f"; the learned methods on {solver_label(opt.learned_solver)} (its own row first): {learned} "
             f"(K = {opt.scale} where a method refines a teacher; S4S's teacher {teacher}, {t_nfe} NFE; \"features\": "
             "the digits classifier's features, the network of FD-digits)"
             + (f"; un-learned base solvers at the same NFE: {', '.join(bases)}" if bases else "")
-            + f"; every fit on the same B = {opt.batch} noises of fit seed {opt.fit_seed}, one fit per cell, so the "
+            + f"; every fit on the first B = {opt.batch} noises of fit seed {opt.fit_seed}"
+            + (f" (rows \"…, B = {' or '.join(map(str, more))}\": its first {' or '.join(map(str, more))})"
+               if more else "") + ", one fit per cell, so the "
             "spread is that of the evaluation seeds. The reference row is one run of the model's reference "
             f"solver, repeated in each column. Figure: figures/{name}.png")
 

@@ -68,6 +68,7 @@ class Protocol:
     teachers: dict[str, SolverNFE]   # model role ("noise", "edm") → reference solver
     goals: dict[int, float]          # NFE → the largest ratio of the best learned method to the reference
     bases: tuple[BaseSolver, ...] = ()  # un-learned base solvers shown after the learned solver's own row
+    extra_batches: dict[str, tuple[int, ...]] = field(default_factory=dict)  # method → more B (a row each)
     aggregate: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)  # dataset → part → statistics
 
     def statistics(self, dataset: str, part: str) -> tuple[str, ...]:
@@ -78,6 +79,12 @@ class Protocol:
     def learned_for(self, dataset: str) -> tuple[str, ...]:
         """The learned methods table-learned's sweep runs on ``dataset``."""
         return tuple(m for m in self.learned_methods if dataset == "digits" or m not in self.digits_only)
+
+    def extra_batches_for(self, dataset: str) -> tuple[tuple[str, int], ...]:
+        """(method, B) of the extra rows table-learned's sweep runs on ``dataset``: the methods of
+        ``learned.extra_batches`` that are swept there, each also fitted on B noises."""
+        swept = self.learned_for(dataset)
+        return tuple((m, b) for m, bs in self.extra_batches.items() if m in swept for b in bs)
 
     def models(self, dataset: str) -> Models:
         """The paper's checkpoints of ``dataset`` (none for an unknown one)."""
@@ -94,6 +101,21 @@ def parse_solver_nfe(text: str) -> SolverNFE:
 
 def _ints(values) -> tuple[int, ...]:
     return tuple(int(v) for v in values)
+
+
+def parse_extra_batches(node: dict | None, methods: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """conf/paper.yaml's ``learned.extra_batches`` (method → a B or a list of B), checked: each method
+    is one of ``learned.methods`` and each B a positive integer; ValueError naming the entry."""
+    out = {}
+    for method, batches in (node or {}).items():
+        where = f"conf/paper.yaml: learned.extra_batches.{method}"
+        if method not in methods:
+            raise ValueError(f"{where}: {method!r} is not in learned.methods ({', '.join(methods)})")
+        batches = [batches] if not isinstance(batches, list) else batches
+        if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+            raise ValueError(f"{where} = {batches}: expected a positive integer B or a list of them, e.g. [400]")
+        out[str(method)] = tuple(batches)
+    return out
 
 
 def parse_aggregate(node: dict | None) -> dict[str, dict[str, tuple[str, ...]]]:
@@ -133,6 +155,7 @@ def protocol() -> Protocol:
         teachers={role: parse_solver_nfe(v) for role, v in learned["teachers"].items()},
         goals={int(n): float(r) for n, r in learned["goals"].items()},
         bases=tuple(parse_base(b) for b in learned.get("bases") or ()),
+        extra_batches=parse_extra_batches(learned.get("extra_batches"), tuple(learned["methods"])),
         aggregate=parse_aggregate(c.get("aggregate")))
 
 

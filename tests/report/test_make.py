@@ -162,6 +162,22 @@ def test_runs_learned_runs_each_base_at_the_learned_nfe_on_both_models():
 
 
 @needs_make
+def test_runs_learned_fits_the_extra_batches_on_both_models():
+    """conf/paper.yaml's learned.extra_batches (METHOD:B) reach dode-run as distill=METHOD batch=B at the
+    learned NFE on both digits models; LEARNED_EXTRA overrides (empty: none)."""
+    nfe = "nfe=[" + ",".join(map(str, protocol().learned_nfe)) + "]"
+    runs = [c for c in make_commands("runs-learned") if "batch=400" in c]
+    assert sorted(next(a for a in c if a.startswith("checkpoint=")) for c in runs) == \
+        ["checkpoint=digits-ddpm", "checkpoint=digits-edm"]
+    assert all("distill=s4s_alt_fd" in c and "solver=ddim" in c and nfe in c for c in runs)
+    for job in compose_jobs(runs[0]):
+        assert all(p.batch == 400 for p in _points(job, with_files=False))
+    runs = [c for c in make_commands("runs-learned", "LEARNED_EXTRA=s4s:50") if any(a.startswith("batch=") for a in c)]
+    assert len(runs) == 2 and all("distill=s4s" in c and "batch=50" in c for c in runs)
+    assert not [c for c in make_commands("runs-learned", "LEARNED_EXTRA=") if any(a.startswith("batch=") for a in c)]
+
+
+@needs_make
 def test_make_checkpoint_override_reaches_every_command():
     cmds = make_commands("table-formulations", "DATASET=cifar10", "CHECKPOINT=diffusers-ddpm-cifar10-32", query=True)
     assert any("checkpoint=diffusers-ddpm-cifar10-32" in c for c in cmds)

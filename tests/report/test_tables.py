@@ -357,6 +357,53 @@ def test_table_learned_says_which_learned_method_is_worse_than_its_base(tmp_path
     assert "NFE 5 within 1.25× the reference's FD-digits): **not met** — S4S-Alt (DDIM)" in text
 
 
+def test_table_learned_shows_a_method_fitted_on_more_noises_as_its_own_row(tmp_path):
+    """conf/paper.yaml's learned.extra_batches (s4s_alt_fd: [400]): the method's B = 100 fits stay in its
+    own row, its B = 400 fits get the row "…, B = 400" right after it (in the goal, the fit-time table,
+    the CSV and the caption); a fit on any other B shows nowhere."""
+    root = make_results(tmp_path / "r")
+    runs = pd.read_csv(root / "runs.csv", keep_default_na=False)
+    one = runs[(runs["checkpoint"] == "digits-edm") & (runs["distill"] == "s4s_alt")].copy()
+    values = {100: 50.0, 400: -2.0, 200: -5.0}  # B → an offset per B (B = 200, the best, must not show)
+    extra = [one.assign(distill="s4s_alt_fd", batch=b, value=one["value"] + v, run_dir=one["run_dir"] + f"-fd-B{b}",
+                        fit_seconds=one["fit_seconds"].astype(float) * b) for b, v in values.items()]
+    pd.concat([runs, *extra]).to_csv(root / "runs.csv", index=False)
+    opt = options(root)
+    render(["table-learned"], opt)
+    md = opt.tables / "learned-digits-digits-edm.md"
+    rows = md_rows(md, "Learned solvers")
+    fd, fd400 = "S4S-Alt (DDIM, features)", "S4S-Alt (DDIM, features), B = 400"
+    assert list(rows)[-3:] == [fd, fd400, "reference: EDM (Heun), 200 steps (NFE 399)"]
+    for label, b in ((fd, 100), (fd400, 400)):
+        assert rows[label] == [pm(np.mean([value_of("ddim", "s4s_alt", n, s) for s in (0, 1, 2)]) + values[b], 1.0)
+                               for n in (3, 5, 10)], label
+    assert md_rows(md, "Fit time")[fd400] == [f"{(2.0 + n / 10) * 400:.1f}" for n in (3, 5, 10)]
+    text = md.read_text()
+    best = 40.0 - 28.0 - 2.0
+    assert f"**met** — {fd400} {best:.2f} vs reference 10.00" in text
+    assert "every fit on the first B = 100 noises of fit seed 0 (rows \"…, B = 400\": its first 400)" in text
+    assert "S4S-Alt (DDIM), S4S-Alt (DDIM, features) (K = 10" in text  # the methods' list names each method once
+    csv = pd.read_csv(opt.tables / "learned-digits-digits-edm.csv", keep_default_na=False)
+    assert list(csv[csv["method"] == fd400]["distill"]) == ["s4s_alt_fd"] * 3
+
+
+def test_extra_batches_are_checked_and_reach_the_sweep():
+    """learned.extra_batches names learned methods and positive B; `query make` lists METHOD:B of the
+    methods swept on the dataset (s4s_alt_fd is digits-only)."""
+    from dode.report.protocol import parse_extra_batches, protocol
+
+    assert parse_extra_batches({"s4s": 400, "ld3": [50, 200]}, ("s4s", "ld3")) == {"s4s": (400,), "ld3": (50, 200)}
+    with pytest.raises(ValueError, match=r"learned.extra_batches.dpm: 'dpm' is not in learned.methods \(s4s\)"):
+        parse_extra_batches({"dpm": 400}, ("s4s",))
+    for bad in (0, [], [100, "x"], True):
+        with pytest.raises(ValueError, match="expected a positive integer B or a list of them"):
+            parse_extra_batches({"s4s": bad}, ("s4s",))
+    assert protocol().extra_batches_for("digits") == (("s4s_alt_fd", 400),)
+    assert protocol().extra_batches_for("cifar10") == ()
+    assert "PAPER_LEARNED_EXTRA:=s4s_alt_fd:400" in cli.make_variables("digits")
+    assert "PAPER_LEARNED_EXTRA:=" in cli.make_variables("cifar10")
+
+
 def test_table_learned_reads_a_runs_csv_without_the_grid_column(tmp_path):
     """An older runs.csv (no `grid`): every row is on the protocol's grid, so a base on another grid has no row."""
     root = make_results(tmp_path / "r")
