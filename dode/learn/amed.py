@@ -25,9 +25,10 @@ analytical first step (AFS: the first evaluation replaced by the prior's ε = x_
 NFE N = (n + 1)/2 steps with AFS (NFE 5: three steps with midpoints, AFS on the first).
 
 Fit (greedy, step by step as the authors' training loop): the teacher's states at the base grid's
-points (``teacher`` on the base grid refined ``scale``×, :func:`~dode.learn.dode.teacher_states`, or
-given ``targets``), then for n = 0 … N−1 Adam on (r_n, c_n), r_n = sigmoid(a), c_n = 1 +
-``scale_dir``·tanh(b) (AMED's c ∈ [1 − scale_dir, 1 + scale_dir]), minimising the mean squared
+points (``teacher`` on the base grid refined ``scale``×, :func:`~dode.learn.dode.teacher_states` — by
+default the base solver itself, the authors' AMED-Plugin setting ``--sampler_tea`` = ``--sampler_stu``
+(their AMED-Solver's teacher is Heun) — or given ``targets``), then for n = 0 … N−1 Adam on (r_n, c_n),
+r_n = sigmoid(a), c_n = 1 + ``scale_dir``·tanh(b) (AMED's c ∈ [1 − scale_dir, 1 + scale_dir]), minimising the mean squared
 distance of the student's state at t_{n+1} to the teacher's; earlier evaluations are served from a
 cache (:class:`~dode.learn.record.ReplayPath`), so an Adam step costs one evaluation with backprop.
 
@@ -151,11 +152,11 @@ def amed_correction(denoiser, solver: str, nfe: int, ratios: Sequence[float], sc
 
 
 def fit_amed(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: GridSpec = None,
-             teacher: str = "heun", scale: int = 10, targets: Targets | None = None, iters: int = 40,
+             teacher: str | None = None, scale: int = 10, targets: Targets | None = None, iters: int = 40,
              lr: float = 0.1, scale_dir: float = 0.01, guard: bool = True, progress: bool = False,
              **provenance) -> Correction:
     """AMED-Plugin on ``solver`` at ``nfe`` (module docstring): r_n and c_n fitted step by step on the batch
-    ``noise`` against the states of ``teacher`` (its grid the base grid refined ``scale``×) or of
+    ``noise`` against the states of ``teacher`` (None: ``solver``; its grid the base grid refined ``scale``×) or of
     ``targets`` (σ → state) at the base grid's points; ``iters`` Adam steps per step (learning rate
     ``lr``) from r = 1/2, c = 1, keeping the best values seen. Returns the correction (form ``amed``,
     grid and AFS in it) with r, c, the losses and ``fit_seconds`` in its provenance; with ``guard`` the
@@ -165,7 +166,8 @@ def fit_amed(denoiser, noise: Tensor, solver: str = "ddim", nfe: int = 5, grid: 
     pts = base.tolist()
     if targets is None:
         with torch.no_grad():
-            states, tinfo = teacher_states(denoiser, noise, teacher, pts, scale, spacing_of(grid, spec.name, denoiser))
+            states, tinfo = teacher_states(denoiser, noise, teacher or spec.name, pts, scale,
+                                           spacing_of(grid, spec.name, denoiser))
         targets = states.__getitem__
     else:
         tinfo = {"teacher": "given targets"}

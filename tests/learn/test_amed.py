@@ -93,6 +93,16 @@ def test_fit_lowers_the_error_on_the_exact_gaussian_ode(mixture_noise, solver, n
     assert _rms(learned, truth) < ratio * _rms(dode.sample(gm, held_out, solver, nfe), truth)
 
 
+def test_the_default_teacher_is_the_base_solver_itself(models, mixture_noise):
+    """As the authors' AMED-Plugin setting (sampler_tea = sampler_stu): teacher=None fits exactly what the
+    base solver named as teacher fits, and not what Heun does."""
+    gm, noise = models["vp"], mixture_noise(16, 56)
+    own = fit_amed(gm, noise, "ipndm", 4, iters=3, scale=4, guard=False)
+    named = fit_amed(gm, noise, "ipndm", 4, iters=3, teacher="ipndm", scale=4, guard=False)
+    heun = fit_amed(gm, noise, "ipndm", 4, iters=3, teacher="heun", scale=4, guard=False)
+    assert own.provenance["teacher"] == "ipndm" and own.theta == named.theta and own.theta != heun.theta
+
+
 def test_lambdas_json_round_trip_replays_the_same_samples(models, mixture_noise, tmp_path):
     gm, noise = models["vp"], mixture_noise(16, 55)
     corr = fit_amed(gm, noise, "ddim", 3, iters=3, teacher="ddim", scale=4, guard=False)
