@@ -103,8 +103,8 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
     parts = [_fitted_on(d[(d["solver"] == s) & (d["distill"] == r.distill)], r.batch or opt.batch).assign(row=r.key)
              for r in own]
     if not any(len(p) for p, r in zip(parts, own) if r.distill not in ("none", "dode")):
-        opt.say(f"table-learned: no {s} runs of IIA or S4S of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; "
-                "skipped")
+        opt.say(f"table-learned: no {s} runs of a learned method other than D-ODE (conf/paper.yaml learned.methods) "
+                f"of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; skipped")
         return []
     same = dataclasses.replace(opt, metric=info.metric, num_samples=info.num_samples)  # a base on its own grid
     for r in (r for r in rows if r.key.startswith("base:")):

@@ -485,7 +485,7 @@ def test_a_default_run_renders_only_what_it_has_data_for(results, tmp_path, caps
     out = capsys.readouterr().out
     for words in ("table-formulations: no runs of D-DDIM's other formulations", "table-ablation-scale: fewer than two",
                   "table-ablation-batch: fewer than two", "table-lookahead: no Fixed-D-DDIM or LA-DDIM runs",
-                  "table-learned: no ddim runs of IIA or S4S"):
+                  "table-learned: no ddim runs of a learned method other than D-ODE"):
         assert words in out, out
 
 
