@@ -111,10 +111,15 @@ def _fit_rows(d: pd.DataFrame, opt: Options, paired: bool, scale: int | None, ba
     return keep
 
 
+# runs.csv's columns of which a table shows one value (the most common): column, its words, its "" value
+ONE_PER_TABLE = (("guidance", "guidance scale", "none"), ("precision", "network options", "fp32 (defaults)"))
+
+
 def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool = False,
            scale: int | None = None, batch: int | None = None, grid: str = "") -> tuple[pd.DataFrame, Selection]:
     """The rows of one table: dataset, checkpoint, solver grid ``grid`` (runs.csv's column; "": the
-    paper protocol), one guidance scale (the most common, with a note), one metric (``opt.metric`` or the
+    paper protocol), one guidance scale and one set of network options (precision, compile: the most common of
+    each, with a note), one metric (``opt.metric`` or the
     most common), one num_samples (likewise); base
     rows, and fitted rows as :func:`_fit_rows` keeps them; one per cell and seed (:func:`newest_runs`)."""
     d = df[(df["dataset"].astype(str) == opt.dataset) & (df["grid"] == grid)]
@@ -122,12 +127,13 @@ def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool 
         d = d[d["checkpoint"].astype(str) == checkpoint]
     if d.empty:
         return d, Selection()
-    if "guidance" in d.columns and d["guidance"].nunique() > 1:  # one guidance scale per table: the most common
-        w = _mode(d["guidance"].astype(str))
-        others = sorted(set(d["guidance"].astype(str)) - {w})
-        opt.say(f"note: {opt.dataset}/{checkpoint}: runs with guidance scale {w or 'none'} shown; others in "
-                f"runs.csv not mixed in: {', '.join(o or 'none' for o in others)}")
-        d = d[d["guidance"].astype(str) == w]
+    for col, what, default in ONE_PER_TABLE:  # one guidance scale and one precision per table: the most common
+        if col in d.columns and d[col].nunique() > 1:
+            w = _mode(d[col].astype(str))
+            others = sorted(set(d[col].astype(str)) - {w})
+            opt.say(f"note: {opt.dataset}/{checkpoint}: runs with {what} {w or default} shown; others in "
+                    f"runs.csv not mixed in: {', '.join(o or default for o in others)}")
+            d = d[d[col].astype(str) == w]
     metric = opt.metric or _mode(d["metric"].astype(str))
     d = d[d["metric"].astype(str) == metric]
     n = opt.num_samples or _mode(d["num_samples"])

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from dode.errors import UserError
 from dode.runner.config import display_label
 from dode.runner.points import Choices, Point
+from dode.runner.precision import DEFAULTS
 from dode.runner.store import file_lock, read_json, run_dir, write_atomic
 
 RUNS_CSV = "runs.csv"
@@ -29,14 +30,15 @@ KEY_COLUMNS = ["run_dir", "seed", "num_samples", "metric"]
 INT_COLUMNS = ["nfe", "scale", "batch", "seed", "num_samples", "fit_seed"]
 COLUMNS = ["dataset", "checkpoint", "solver", "distill", "nfe", "scale", "batch", "seed", "num_samples",
            "metric", "value", "fit_seconds", "sample_seconds", "metric_seconds", "fit_seed", "run_dir", "mode",
-           "nfe_convention", "grid", "guidance"]
+           "nfe_convention", "grid", "guidance", "precision"]
 # what the `nfe` of a row counts; a paper counting network passes reports 2 × a `guided` row's nfe
 NFE_CONVENTIONS = {
     "network": "one NFE = one network evaluation of the batch (no guidance)",
     "guided": "one NFE = one guided evaluation D_w = D(∅) + w·(D(c) − D(∅)), one network call on the doubled "
               "batch [x; x] (two network passes per sample)",
 }
-TEXT_DEFAULTS = {"grid": "", "guidance": ""}  # text columns newer than some files: their value when unknown
+# text columns newer than some files: their value when unknown (the defaults: paper grid, no guidance, fp32)
+TEXT_DEFAULTS = {"grid": "", "guidance": "", "precision": ""}
 
 
 class CorruptRunsCsv(UserError, ValueError):
@@ -73,9 +75,18 @@ def guidance_text(checkpoint: Mapping) -> str:
     return "" if scale is None else f"{float(scale):g}"
 
 
+def precision_text(speed: Mapping) -> str:
+    """The ``precision`` column: a run's network options that are not their defaults
+    (:mod:`dode.runner.precision`; any of them may change images), ``""`` for the defaults (fp32, no
+    compile, no channels-last), else e.g. ``"fp16"``, ``"bf16 compile"``, ``"channels_last"``."""
+    parts = [str(speed["precision"])] if speed.get("precision", DEFAULTS["precision"]) != DEFAULTS["precision"] else []
+    return " ".join(parts + [k for k in ("compile", "channels_last") if speed.get(k, DEFAULTS[k])])
+
+
 # the text columns a run folder's point determines (filled from run.json for files older than them)
 FOLDER_TEXT = {"grid": lambda point: grid_text(point.get("solver") or {}),
-               "guidance": lambda point: guidance_text(point.get("checkpoint") or {})}
+               "guidance": lambda point: guidance_text(point.get("checkpoint") or {}),
+               "precision": precision_text}
 
 
 def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: float | None) -> dict:
@@ -94,6 +105,7 @@ def csv_row(point: Point, folder: Path, seed: int, result: dict, fit_seconds: fl
         "nfe_convention": nfe_convention(point.checkpoint),
         "grid": grid_text(point.solver),
         "guidance": guidance_text(point.checkpoint),
+        "precision": precision_text(point.speed()),
     }
 
 
@@ -189,7 +201,7 @@ def read_runs(results_dir: str | Path) -> Any:
     """runs.csv of ``results_dir`` as a DataFrame (empty, with :data:`COLUMNS`, when there is none);
     a corrupt file is a :class:`CorruptRunsCsv`. A file older than a text column of
     :data:`TEXT_DEFAULTS` reads it from each row's run.json, else that column's default (``grid``: ``""``,
-    the paper protocol; ``guidance``: ``""``, none)."""
+    the paper protocol; ``guidance``: ``""``, none; ``precision``: ``""``, fp32)."""
     import pandas as pd
 
     path = Path(results_dir) / RUNS_CSV

@@ -556,3 +556,22 @@ def test_a_table_shows_one_guidance_scale_and_says_which_others_it_left_out():
     d, info = select(pd.DataFrame(rows), opt, "sd")
     assert d["guidance"].tolist() == ["7.5", "7.5"] and d["value"].tolist() == [10.0, 11.0]
     assert info.metric == "fid30k" and any("guidance scale 7.5 shown" in s and "3" in s for s in said)
+
+
+def test_a_table_shows_one_set_of_network_options_and_says_which_others_it_left_out():
+    """fp32 and fp16 runs of one checkpoint never share a cell: the most common options are shown
+    (runs.csv's `precision`, "" for fp32), a note names the others."""
+    from dode.report.data import select
+
+    said = []
+    opt = type("Opt", (), {"dataset": "digits", "metric": None, "num_samples": None, "fit_seed": 0,
+                           "say": staticmethod(said.append)})()
+    base = {"dataset": "digits", "checkpoint": "ck", "solver": "ddim", "distill": "none", "nfe": 5, "scale": None,
+            "batch": None, "fit_seed": None, "metric": "fd_digits", "num_samples": 100, "grid": "", "guidance": "",
+            "lam": float("nan")}
+    rows = [{**base, "seed": s, "value": v, "precision": p, "run_path": f"/r/{p}{s}", "run_dir": f"/r/{p}{s}"}
+            for s, (v, p) in enumerate([(10.0, "fp16"), (11.0, "fp16"), (20.0, "")])]
+    d, _ = select(pd.DataFrame(rows), opt, "ck")
+    assert d["value"].tolist() == [10.0, 11.0]
+    assert said == ["note: digits/ck: runs with network options fp16 shown; others in runs.csv not mixed in: "
+                    "fp32 (defaults)"]

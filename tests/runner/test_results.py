@@ -113,7 +113,7 @@ def test_a_row_states_its_nfe_convention_and_the_summary_says_it(tmp_path):
     assert [r["nfe_convention"] for r in rows] == ["network", "guided"]
     record(tmp_path, rows)
     back = read_runs(tmp_path)
-    assert list(back.columns) == COLUMNS and COLUMNS[-4:] == ["mode", "nfe_convention", "grid", "guidance"]
+    assert list(back.columns) == COLUMNS and COLUMNS[-5:] == ["mode", "nfe_convention", "grid", "guidance", "precision"]
     assert back.set_index("value").loc[2.0, "nfe_convention"] == "guided"
     assert back.set_index("value")["guidance"].to_dict() == {1.0: "", 2.0: "7.5"}  # the scale w, as text
     lines = summary([base, dode]).splitlines()
@@ -149,3 +149,31 @@ def test_an_old_runs_csv_without_the_convention_reads_it_from_the_run_folders(tm
     (tmp_path / "runs.csv").write_text(text)
     with pytest.raises(CorruptRunsCsv, match="nfe_convention 'passes' is none of network, guided"):
         read_runs(tmp_path)
+
+
+def test_a_row_states_its_network_options_and_an_old_file_reads_them_from_run_json(tmp_path):
+    """runs.csv's `precision`: "" for the defaults (fp32, no compile, no channels-last), else the options
+    that are not (any may change images); a file older than the column reads it from each run.json."""
+    import dataclasses
+    import json
+
+    from dode.runner.points import build_points
+    from dode.runner.results import csv_row, folder_rows, precision_text
+    from dode.runner.store import run_dir
+    from runner_helpers import CHOICES, point_cfg
+
+    assert precision_text({"precision": "fp32", "compile": False, "channels_last": False}) == ""
+    assert precision_text({}) == ""  # a run.json older than the options: the defaults
+    assert precision_text({"precision": "bf16", "compile": True, "channels_last": True}) == "bf16 compile channels_last"
+    base = build_points(point_cfg(tmp_path), CHOICES, with_files=False)[0]
+    half = dataclasses.replace(base, precision="fp16")
+    rows = [csv_row(p, run_dir(p), 0, {"value": v}, None) for p, v in ((base, 1.0), (half, 2.0))]
+    assert [r["precision"] for r in rows] == ["", "fp16"]
+    folder = tmp_path / "d" / "ck" / "half"
+    (folder / "seed-0" / "metrics").mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"point": half.to_dict()}))
+    (folder / "seed-0" / "metrics" / "m.json").write_text(json.dumps({"value": 2.0, "seed": 0, "num_samples": 8,
+                                                                      "metric": "m"}))
+    assert [r["precision"] for r in folder_rows(tmp_path, folder)] == ["fp16"]
+    (tmp_path / "runs.csv").write_text(f"run_dir,seed,num_samples,metric,value\n{folder},0,8,m,2.0\ngone,0,8,m,1.0\n")
+    assert read_runs(tmp_path)["precision"].tolist() == ["fp16", ""]  # a folder gone: the defaults
