@@ -89,7 +89,10 @@ def _metric_key(point: Point, device: str) -> tuple | None:
 
 def warm_metric(point: Point, device: str) -> None:
     """Start reading (digits: computing) the reference statistics of ``point``'s metric, and importing
-    the Fréchet distance's library, in a daemon thread (once per process and metric); its errors are
+    the Fréchet distance's library, in a thread (once per process and metric; not a daemon: the process
+    waits for it before it exits, since a daemon thread still in torch at interpreter shutdown aborts
+    the process, "terminate called without an active exception", as when every seed of a resumed run
+    was already scored and the metric stage never joined it); its errors are
     left to the metric stage, which raises them itself (:func:`compute_metric` joins the thread first).
     The statistics are the cached ones the stage reads, so values do not change; on a GPU the digits
     reference is not computed here (its features would run under whatever cuDNN flags the fit set)."""
@@ -108,7 +111,7 @@ def warm_metric(point: Point, device: str) -> None:
         except Exception:  # noqa: BLE001 - reported by the metric stage, which repeats the call
             pass
 
-    _WARMING[key] = threading.Thread(target=warm, name="dode-warm-metric", daemon=True)
+    _WARMING[key] = threading.Thread(target=warm, name="dode-warm-metric", daemon=False)
     _WARMING[key].start()
 
 

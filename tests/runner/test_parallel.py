@@ -181,3 +181,34 @@ def test_warmed_reference_is_the_one_the_metric_uses(tmp_path):
     assert got["value"] == pytest.approx(metrics.compute_metric("fd_digits", images), rel=1e-9)
     callable_metric = dataclasses.replace(point, eval={"_target_": "numpy.mean"})
     assert scoring._metric_key(callable_metric, "cpu") is None
+
+
+def test_a_process_that_never_scores_waits_for_the_warming_thread(tmp_path):
+    """A resumed run whose seeds are all scored never joins warm_metric's thread: the process must wait
+    for it at exit rather than kill it inside torch (which aborted `make table-learned` with exit code
+    134). The reference statistics are made slow here; the subprocess exits at once after warming."""
+    import subprocess
+    import sys
+
+    from runner_helpers import env
+
+    done = tmp_path / "done"
+    script = f"""
+import dataclasses, time
+from dode.eval import metrics
+from dode.runner import scoring
+from dode.runner.points import build_points
+from runner_helpers import CHOICES, point_cfg
+
+def slow(*args, **kw):
+    time.sleep(1.0)
+    open({str(done)!r}, "w").write("finished")
+
+metrics.reference_stats = slow
+point = dataclasses.replace(build_points(point_cfg({str(tmp_path)!r}), CHOICES)[0],
+                            eval={{"name": "fd_digits", "metric": "fd_digits", "batch_size": 64}})
+scoring.warm_metric(point, "cpu")
+"""
+    out = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert done.read_text() == "finished"
