@@ -87,6 +87,17 @@ def _metric_key(point: Point, device: str) -> tuple | None:
     return point.metric_name(), tuple(sorted((k, repr(v)) for k, v in point.metric_kwargs(device).items()))
 
 
+def metric_path(point: Point, folder: Path, seed: int) -> Path:
+    """The metric JSON of ``seed`` in the run folder."""
+    return folder / f"seed-{seed}" / "metrics" / f"{eval_id(point)}.json"
+
+
+def scores_missing(point: Point, folder: Path) -> bool:
+    """Whether some seed of ``point`` has no metric JSON yet (the metric stage may then need the
+    reference statistics; a resumed run with every seed scored does not, so nothing is warmed)."""
+    return any(not metric_path(point, folder, s).is_file() for s in point.seeds)
+
+
 def warm_metric(point: Point, device: str) -> None:
     """Start reading (digits: computing) the reference statistics of ``point``'s metric, and importing
     the Fréchet distance's library, in a thread (once per process and metric; not a daemon: the process
@@ -165,9 +176,8 @@ def metric_stage(point: Point, folder: Path, seed: int, rlog: RunLog, ctx: Conte
     """The metric of ``seed`` on every rank (rank 0 writes it and returns it; the others return {});
     skipped when its JSON exists for exactly these samples."""
     ctx = ctx or Context()
-    metrics = folder / f"seed-{seed}" / "metrics"
-    eid = eval_id(point)
-    path = metrics / f"{eid}.json"
+    eid, path = eval_id(point), metric_path(point, folder, seed)
+    metrics = path.parent
     done, digest, sample_seconds = None, None, 0.0
     if ctx.main:
         digest, sample_seconds = samples_digest(point, folder, seed)

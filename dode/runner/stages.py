@@ -26,7 +26,7 @@ from dode.runner.loading import image_shape, load_denoiser
 from dode.runner.points import Point, check_with_model
 from dode.runner.results import csv_row, fit_seconds_of, record
 from dode.core.denoisers import weights_digest
-from dode.runner.scoring import metric_stage, warm_metric
+from dode.runner.scoring import metric_stage, scores_missing, warm_metric
 from dode.runner.seeds import fit_block, make_noise, set_labels
 from dode.runner.striping import even_bounds
 from dode.runner.store import RunLog, file_lock, read_json, remove_stale_tmp, run_dir, run_spec, write_json
@@ -133,7 +133,7 @@ def run_point(point: Point, denoiser, ctx: Context, weights: str | None = None) 
                 write_prompts(point, folder)
             if remove_stale_tmp(folder):
                 rlog("removed temporary files of an interrupted run", console=False)
-        if ctx.main:  # the reference statistics are read while the fit and the generation run
+        if ctx.main and scores_missing(point, folder):  # the reference is read while the fit and generation run
             warm_metric(point, ctx.device)
         shape = image_shape(point, denoiser)
         correction = fit_stage(point, folder, denoiser, ctx, rlog, shape)

@@ -212,3 +212,24 @@ scoring.warm_metric(point, "cpu")
     out = subprocess.run([sys.executable, "-c", script], env=env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert done.read_text() == "finished"
+
+
+def test_scores_missing_until_every_seed_has_its_metric_file(tmp_path):
+    """run_point warms the metric only while scores_missing: some seed of the point has no metric JSON
+    in the run folder (where the metric stage looks for it)."""
+    from dode.runner import scoring
+    from dode.runner.points import build_points
+    from runner_helpers import CHOICES, point_cfg
+
+    point = build_points(point_cfg(tmp_path), CHOICES)[0]
+    folder = tmp_path / "run"
+    assert scoring.scores_missing(point, folder)
+    for seed in point.seeds[:-1]:
+        scoring.metric_path(point, folder, seed).parent.mkdir(parents=True)
+        scoring.metric_path(point, folder, seed).write_text("{}")
+    assert scoring.scores_missing(point, folder)  # the last seed still lacks its file
+    last = scoring.metric_path(point, folder, point.seeds[-1])
+    last.parent.mkdir(parents=True)
+    last.write_text("{}")
+    assert not scoring.scores_missing(point, folder)
+    assert last.parent.parent.name == f"seed-{point.seeds[-1]}" and last.parent.name == "metrics"
