@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from dode.errors import UserError
 from dode.runner.config import display_label
 from dode.runner.points import Choices, Point
-from dode.runner.precision import DEFAULTS
+from dode.runner.precision import precision_spec
 from dode.runner.store import file_lock, read_json, run_dir, write_atomic
 
 RUNS_CSV = "runs.csv"
@@ -78,9 +78,9 @@ def guidance_text(checkpoint: Mapping) -> str:
 def precision_text(speed: Mapping) -> str:
     """The ``precision`` column: a run's network options that are not their defaults
     (:mod:`dode.runner.precision`; any of them may change images), ``""`` for the defaults (fp32, no
-    compile, no channels-last), else e.g. ``"fp16"``, ``"bf16 compile"``, ``"channels_last"``."""
-    parts = [str(speed["precision"])] if speed.get("precision", DEFAULTS["precision"]) != DEFAULTS["precision"] else []
-    return " ".join(parts + [k for k in ("compile", "channels_last") if speed.get(k, DEFAULTS[k])])
+    compile, no channels-last; :func:`~dode.runner.precision.precision_spec`), else e.g. ``"fp16"``,
+    ``"bf16 compile"``, ``"channels_last"``."""
+    return " ".join(str(v) if k == "precision" else k for k, v in precision_spec(speed).items())
 
 
 # the text columns a run folder's point determines (filled from run.json for files older than them)
