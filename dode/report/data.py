@@ -118,16 +118,16 @@ ONE_PER_TABLE = (("guidance", "guidance scale", "none"), ("precision", "network 
 def select(df: pd.DataFrame, opt: Options, checkpoint: str | None, paired: bool = False,
            scale: int | None = None, batch: int | None = None, grid: str = "") -> tuple[pd.DataFrame, Selection]:
     """The rows of one table: dataset, checkpoint, solver grid ``grid`` (runs.csv's column; "": the
-    paper protocol), one guidance scale and one set of network options (precision, compile: the most common of
-    each, with a note), one metric (``opt.metric`` or the
-    most common), one num_samples (likewise); base
-    rows, and fitted rows as :func:`_fit_rows` keeps them; one per cell and seed (:func:`newest_runs`)."""
+    paper protocol), one value of each :data:`ONE_PER_TABLE` column (guidance scale, network options:
+    the most common, with a note), one metric (``opt.metric`` or the most common), one num_samples
+    (likewise); base rows, and fitted rows as :func:`_fit_rows` keeps them; one per cell and seed
+    (:func:`newest_runs`)."""
     d = df[(df["dataset"].astype(str) == opt.dataset) & (df["grid"] == grid)]
     if checkpoint is not None:
         d = d[d["checkpoint"].astype(str) == checkpoint]
     if d.empty:
         return d, Selection()
-    for col, what, default in ONE_PER_TABLE:  # one guidance scale and one precision per table: the most common
+    for col, what, default in ONE_PER_TABLE:
         if col in d.columns and d[col].nunique() > 1:
             w = _mode(d[col].astype(str))
             others = sorted(set(d[col].astype(str)) - {w})

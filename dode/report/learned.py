@@ -51,6 +51,11 @@ class Row:
         """A learned method (a base solver is not, whichever grid it runs on)."""
         return self.distill != "none"
 
+    @property
+    def compared(self) -> bool:
+        """An un-learned base solver of ``learned.bases`` (not the learned methods' own base solver)."""
+        return self.key.startswith("base:")
+
 
 def table_rows(solver: str) -> list[Row]:
     """The learned solver's own row, the un-learned bases of ``learned.bases``, then the learned methods,
@@ -99,7 +104,7 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
     ref_rows = rows_of(d, distill="none", solver=teacher[0], nfe=teacher[1])
     ref = Reference(*teacher, ref_rows, cell(ref_rows, with_min))
     rows = table_rows(s)
-    own = [r for r in rows if not r.key.startswith("base:")]
+    own = [r for r in rows if not r.compared]
     parts = [_fitted_on(d[(d["solver"] == s) & (d["distill"] == r.distill)], r.batch or opt.batch).assign(row=r.key)
              for r in own]
     if not any(len(p) for p, r in zip(parts, own) if r.distill not in ("none", "dode")):
@@ -107,7 +112,7 @@ def _learned_of(runs: pd.DataFrame, opt: Options, ck: str, teacher: SolverNFE) -
                 f"of {opt.dataset}/{ck} in {opt.results / 'runs.csv'}; skipped")
         return []
     same = dataclasses.replace(opt, metric=info.metric, num_samples=info.num_samples)  # a base on its own grid
-    for r in (r for r in rows if r.key.startswith("base:")):
+    for r in (r for r in rows if r.compared):
         g = select(runs, same, ck, grid=r.grid)[0] if r.grid else d
         parts.append(rows_of(g, solver=r.solver, distill="none").assign(row=r.key))
     d = pd.concat(parts, ignore_index=True)
@@ -140,16 +145,15 @@ def _caption(d: pd.DataFrame, rows: list[Row], info: Selection, opt: Options, ck
     t_solver, t_nfe = s4s_teacher()
     teacher = "Heun" if t_solver == "heun" else solver_label(t_solver)
     learned = ", ".join(r.label for r in rows if r.learned and r.batch is None)
-    more = sorted({r.batch for r in rows if r.batch is not None})
-    bases = [r.label for r in rows if r.key.startswith("base:")]
+    more = " or ".join(map(str, sorted({r.batch for r in rows if r.batch is not None})))
+    bases = [r.label for r in rows if r.compared]
     return (caption_common(info, d["seed"].unique(), opt.with_min(ck))
             + f"; the learned methods on {solver_label(opt.learned_solver)} (its own row first): {learned} "
             f"(K = {opt.scale} where a method refines a teacher; S4S's teacher {teacher}, {t_nfe} NFE; \"features\": "
             "the digits classifier's features, the network of FD-digits)"
             + (f"; un-learned base solvers at the same NFE: {', '.join(bases)}" if bases else "")
             + f"; every fit on the first B = {opt.batch} noises of fit seed {opt.fit_seed}"
-            + (f" (rows \"…, B = {' or '.join(map(str, more))}\": its first {' or '.join(map(str, more))})"
-               if more else "") + ", one fit per cell, so the "
+            + (f" (rows \"…, B = {more}\": its first {more})" if more else "") + ", one fit per cell, so the "
             "spread is that of the evaluation seeds. The reference row is one run of the model's reference "
             f"solver, repeated in each column. Figure: figures/{name}.png")
 
