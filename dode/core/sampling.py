@@ -90,8 +90,8 @@ def _wants_grad(noise: Tensor, sigmas: Tensor, correction: Correction | None) ->
 
 def run_solver(path: ModelPath, spec: Solver, noise: Tensor, sigmas: Tensor, plan: list) -> Tensor:
     """The first state (:func:`start_state`: noise scaled by :func:`prior_scale`, or an AFS), then the
-    solver; checks the NFE spent equals the plan's. Runs without autograd unless the noise, the grid or the correction's parameters require
-    gradients."""
+    solver; checks the NFE spent equals the plan's. Runs without autograd unless the noise, the grid or
+    the correction's parameters require gradients."""
     first = sigmas[0] if sigmas.requires_grad else sigmas[0].item()
     with torch.set_grad_enabled(_wants_grad(noise, sigmas, path.correction)):
         x = spec.fn(path, start_state(path, noise, first), sigmas, plan)

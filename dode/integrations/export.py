@@ -30,7 +30,8 @@ def export(folder: str | Path, denoiser, solver: str, nfe: int,
            lambdas: Correction | Sequence[float] | Tensor | None = None, grid: GridSpec = None) -> Path:
     """Write ``solver`` at ``nfe`` on ``grid`` (as in :func:`dode.sample`; a correction's learned grid
     wins), with the correction ``lambdas`` (refused when fitted for another solver, NFE, grid or
-    model, or when it starts with AMED's analytical first step), for ``denoiser`` as ``<folder>/scheduler_config.json``; returns that path."""
+    model, or when it starts with AMED's analytical first step), for ``denoiser`` as
+    ``<folder>/scheduler_config.json``; returns that path."""
     try:
         from dode.integrations.diffusers_scheduler import DodeScheduler
     except ImportError as e:

@@ -15,9 +15,9 @@ t_0, s_0, t_1, s_1, …, t_N with the direction of the evaluation at s_n scaled 
 c_n scales the combined direction — AMED's iPNDM plugin. r = 1/2, c = 1 is the base solver on the
 logSNR-midpoint grid, bit for bit.
 
-The base grid is the protocol's spacing (``uniform_torch``: time-uniform) for N steps ending at σ_min (``endpoint="sigma_min"``: the
-sample is the state there, no final denoising step, as the authors' grids with ``denoise_to_zero=False``;
-an explicit σ grid is taken as it is).
+The base grid is the protocol's spacing (``uniform_torch``: time-uniform) for N steps ending at σ_min
+(``endpoint="sigma_min"``: the sample is the state there, no final denoising step, as the authors' grids
+with ``denoise_to_zero=False``; an explicit σ grid is taken as it is).
 
 NFE (the authors' accounting): N steps with their inserted evaluations cost 2N evaluations; with the
 analytical first step (AFS: the first evaluation replaced by the prior's ε = x_T/√(1 + σ_0²),
@@ -28,9 +28,10 @@ Fit (greedy, step by step as the authors' training loop): the teacher's states a
 points (``teacher`` on the base grid refined ``scale``×, :func:`~dode.learn.dode.teacher_states` — by
 default the base solver itself, the authors' AMED-Plugin setting ``--sampler_tea`` = ``--sampler_stu``
 (their AMED-Solver's teacher is Heun) — or given ``targets``), then for n = 0 … N−1 Adam on (r_n, c_n),
-r_n = sigmoid(a), c_n = 1 + ``scale_dir``·tanh(b) (AMED's c ∈ [1 − scale_dir, 1 + scale_dir]), minimising the mean squared
-distance of the student's state at t_{n+1} to the teacher's; earlier evaluations are served from a
-cache (:class:`~dode.learn.record.ReplayPath`), so an Adam step costs one evaluation with backprop.
+r_n = sigmoid(a), c_n = 1 + ``scale_dir``·tanh(b) (AMED's c ∈ [1 − scale_dir, 1 + scale_dir]), minimising
+the mean squared distance of the student's state at t_{n+1} to the teacher's; earlier evaluations are
+served from a cache (:class:`~dode.learn.record.ReplayPath`), so an Adam step costs one evaluation with
+backprop.
 
 Deviations from the authors' code (stated): AMED's predictor is a tiny network on the U-Net
 bottleneck and (t_n, t_{n+1}), giving r and c per sample; dode's denoisers do not expose a bottleneck,
