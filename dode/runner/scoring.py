@@ -140,7 +140,7 @@ def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool
         out = instantiate({k: v for k, v in ev.items() if k not in META_KEYS}, _partial_=True)(images)
         out = dict(out) if isinstance(out, dict) else {"value": out}
     elif point.metric_name() == "clip_score":
-        from dode.eval.clip import clip_sums
+        from dode.eval.clip import ClipSums, clip_sums
 
         ctx = ctx or Context()
         s = clip_sums(images, prompts or [], point.eval.get("clip_weights"), device,
@@ -148,7 +148,7 @@ def compute_metric(images: np.ndarray, point: Point, device: str, progress: bool
         total, n = ctx.all_reduce_sum(np.array([s.total, s.n]))
         if not ctx.main:
             return {}
-        out = {"value": total / n, "scored": int(n)}
+        out = {"value": ClipSums(float(total), int(n)).score, "scored": int(n)}
     else:
         from dode.eval import metrics
         from dode.eval.resize import resize_workers
