@@ -153,9 +153,11 @@ endif
 # steps; digits-edm: 200 Heun steps).
 teacher_args = solver=$(word 1,$(subst :, ,$(1))) nfe=$(word 2,$(subst :, ,$(1))) distill=none
 base_args = solver=$(word 1,$(subst @, ,$(1))) distill=none$(if $(word 2,$(subst @, ,$(1))), solver.grid=$(word 2,$(subst @, ,$(1))))
-bases_of = $(foreach b,$(subst $(comma), ,$(LEARNED_BASES)),$(RUN) $(RUN_SEEDS) $(1) $(call base_args,$(b)) 'nfe=[$(NFES_LEARNED)]' &&) true
-extra_args = distill=$(word 1,$(subst :, ,$(1))) batch=$(word 2,$(subst :, ,$(1)))
-extras_of = $(foreach e,$(subst $(comma), ,$(LEARNED_EXTRA)),$(RUN) $(RUN_SEEDS) $(1) solver=$(LEARNED_SOLVER) $(call extra_args,$(e)) 'nfe=[$(NFES_LEARNED)]' &&) true
+extra_args = solver=$(LEARNED_SOLVER) distill=$(word 1,$(subst :, ,$(1))) batch=$(word 2,$(subst :, ,$(1)))
+# one dode-run at the learned NFE per entry of the comma list $(2), its arguments $(call $(3),ENTRY), on model $(1)
+runs_each = $(foreach e,$(subst $(comma), ,$(2)),$(RUN) $(RUN_SEEDS) $(1) $(call $(3),$(e)) 'nfe=[$(NFES_LEARNED)]' &&) true
+bases_of = $(call runs_each,$(1),$(LEARNED_BASES),base_args)
+extras_of = $(call runs_each,$(1),$(LEARNED_EXTRA),extra_args)
 runs-learned:
 ifneq ($(CHECKPOINT),)
 	$(RUN) $(RUN_SEEDS) $(NOISE_MODEL) solver=$(LEARNED_SOLVER) distill=$(LEARNED) 'nfe=[$(NFES_LEARNED)]'
